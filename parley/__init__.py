@@ -1,0 +1,1 @@
+"""Parley: shared runtime for the voice agent services."""
