@@ -1,0 +1,195 @@
+"""Typed protobuf publish/subscribe over NATS with trace context in headers.
+
+Subjects are keyed by session: parley.v1.s.<session_id>.<stream>.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
+
+from parley.config import NatsSettings
+from parley.logs import session_id_var
+from parley.metrics import BUS_LATENCY_SECONDS, ERRORS
+from parley.tracing import extract_context, inject_headers
+
+log = logging.getLogger("parley.bus")
+
+PREFIX = "parley.v1"
+STREAMS = ("audio.in", "vad", "asr", "llm", "audio.out", "control", "events")
+SENT_AT_HEADER = "Parley-Sent-At"
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[[M], Awaitable[None]]
+
+
+def session_subject(session_id: str, stream: str) -> str:
+    return f"{PREFIX}.s.{session_id}.{stream}"
+
+
+def place_subject(stage: str) -> str:
+    return f"{PREFIX}.place.{stage}"
+
+
+def heartbeat_subject(stage: str) -> str:
+    return f"{PREFIX}.heartbeat.{stage}"
+
+
+def release_subject(stage: str) -> str:
+    return f"{PREFIX}.release.{stage}"
+
+
+TOOLS_LIST = f"{PREFIX}.tools.list"
+TOOLS_CALL = f"{PREFIX}.tools.call"
+
+
+def split_session_subject(subject: str) -> tuple[str, str] | None:
+    """(session_id, stream) of a session subject, or None."""
+    parts = subject.split(".", 4)
+    if len(parts) == 5 and parts[0] == "parley" and parts[1] == "v1" and parts[2] == "s":
+        return parts[3], parts[4]
+    return None
+
+
+class DecodeFailure(Exception):
+    def __init__(self, subject: str, reason: str) -> None:
+        super().__init__(f"cannot decode message on {subject}: {reason}")
+        self.subject = subject
+
+
+DecodeErrorHook = Callable[[str, str], Awaitable[None]]
+
+
+class Bus:
+    """One NATS connection for a process; reconnects by itself."""
+
+    def __init__(self, nc: NatsClient, service: str) -> None:
+        self.nc = nc
+        self.service = service
+        self.on_decode_error: DecodeErrorHook | None = None
+
+    @classmethod
+    async def connect(cls, settings: NatsSettings, service: str) -> Bus:
+        async def error_cb(exc: Exception) -> None:
+            log.warning("nats error: %s", exc)
+
+        async def disconnected_cb() -> None:
+            log.warning("disconnected from nats, reconnecting")
+
+        async def reconnected_cb() -> None:
+            log.info("reconnected to nats")
+
+        nc = await nats.connect(
+            servers=settings.url,
+            name=f"parley-{service}",
+            connect_timeout=int(settings.connect_timeout_s),
+            reconnect_time_wait=int(settings.reconnect_wait_s),
+            max_reconnect_attempts=settings.max_reconnect_attempts,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+        )
+        return cls(nc, service)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def publish(self, subject: str, msg: Message) -> None:
+        headers = inject_headers({SENT_AT_HEADER: f"{time.time():.6f}"})
+        await self.nc.publish(subject, msg.SerializeToString(), headers=headers)
+
+    async def request(self, subject: str, msg: Message, reply_type: type[M], timeout: float) -> M:
+        headers = inject_headers({SENT_AT_HEADER: f"{time.time():.6f}"})
+        reply = await self.nc.request(
+            subject, msg.SerializeToString(), timeout=timeout, headers=headers
+        )
+        return _decode(reply_type, reply)
+
+    async def subscribe(
+        self,
+        subject: str,
+        msg_type: type[M],
+        handler: Handler[M],
+        queue: str = "",
+        with_msg: bool = False,
+    ) -> Subscription:
+        """Decode each message as msg_type and run handler in its trace context.
+
+        A message that cannot be decoded is counted, logged with its subject and
+        reported through on_decode_error; the subscription carries on.
+        """
+        target = split_session_subject(subject)
+        stream = target[1] if target else subject.rsplit(".", 1)[-1]
+
+        async def on_msg(raw: Msg) -> None:
+            sent_at = (raw.headers or {}).get(SENT_AT_HEADER)
+            if sent_at:
+                try:
+                    BUS_LATENCY_SECONDS.labels(stream).observe(
+                        max(0.0, time.time() - float(sent_at))
+                    )
+                except ValueError:
+                    pass
+            try:
+                msg = _decode(msg_type, raw)
+            except DecodeFailure as exc:
+                ERRORS.labels(self.service, "bad_bus_message").inc()
+                log.warning("%s", exc)
+                if self.on_decode_error is not None:
+                    await self.on_decode_error(raw.subject, str(exc))
+                return
+            token = otel_context.attach(extract_context(raw.headers))
+            session = split_session_subject(raw.subject)
+            session_token = session_id_var.set(session[0]) if session else None
+            try:
+                if with_msg:
+                    await handler(msg, raw)  # type: ignore[call-arg]
+                else:
+                    await handler(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                ERRORS.labels(self.service, "handler_failed").inc()
+                log.exception("handler for %s failed", raw.subject)
+            finally:
+                if session_token is not None:
+                    session_id_var.reset(session_token)
+                otel_context.detach(token)
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
+
+    async def reply(self, raw: Msg, msg: Message) -> None:
+        if raw.reply:
+            await self.nc.publish(raw.reply, msg.SerializeToString(), headers=inject_headers())
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except Exception:  # already closing, or the server is gone
+            await self.nc.close()
+
+
+def _decode(msg_type: type[M], raw: Msg) -> M:
+    msg = msg_type()
+    try:
+        msg.ParseFromString(raw.data)
+    except (DecodeError, ValueError) as exc:
+        raise DecodeFailure(raw.subject, f"not a {msg_type.DESCRIPTOR.full_name}: {exc}") from None
+    return msg
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0

@@ -1,0 +1,245 @@
+"""One TOML file with environment overrides, validated at start.
+
+The file is `parley.toml` in the working directory, or the path in
+PARLEY_CONFIG / `--config`. Any key can be overridden from the environment as
+PARLEY_<SECTION>__<KEY>, e.g. PARLEY_LLM__PROVIDER=openai.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "parley.toml"
+
+
+class Section(BaseModel):
+    # Unknown keys are typos more often than not: refuse them by name.
+    model_config = ConfigDict(extra="forbid")
+
+
+class NatsSettings(Section):
+    url: str = "nats://127.0.0.1:4222"
+    connect_timeout_s: float = Field(5.0, gt=0)
+    reconnect_wait_s: float = Field(1.0, gt=0)
+    # -1: keep trying for ever; a voice agent should ride out a bus restart.
+    max_reconnect_attempts: int = -1
+    max_payload_bytes: int = Field(1_048_576, gt=0)
+
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class TelemetrySettings(Section):
+    # none: no spans recorded; console / file: local inspection; otlp: a collector.
+    traces_exporter: Literal["none", "console", "file", "otlp"] = "none"
+    traces_file: str = "var/traces.jsonl"
+    otlp_endpoint: str | None = None
+
+
+class StageSettings(Section):
+    """What every service has: its ports and its placement rhythm."""
+
+    metrics_port: int = Field(0, ge=0, le=65535)
+    health_port: int = Field(0, ge=0, le=65535)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    drain_timeout_s: float = Field(10.0, ge=0)
+    # A session nobody has spoken to for this long is closed (the gateway died).
+    session_idle_timeout_s: float = Field(900.0, gt=0)
+
+
+class VadSettings(StageSettings):
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    health_port: int = Field(50102, ge=0, le=65535)
+    model_path: str | None = None
+    threshold: float = Field(0.5, gt=0, lt=1)
+    # Hysteresis: speech goes on until the probability falls below this.
+    neg_threshold_offset: float = Field(0.15, ge=0, lt=1)
+    min_speech_ms: int = Field(250, ge=0, le=5000)
+    silence_ms: int = Field(500, ge=200, le=3000)
+    max_utterance_ms: int = Field(30000, ge=1000, le=120000)
+    speech_pad_ms: int = Field(300, ge=0, le=2000)
+    stats_interval_ms: int = Field(100, ge=20, le=5000)
+
+
+class AsrSettings(StageSettings):
+    metrics_port: int = Field(9103, ge=0, le=65535)
+    health_port: int = Field(50103, ge=0, le=65535)
+    provider: Literal["faster_whisper", "openai"] = "faster_whisper"
+    # faster_whisper: None is the bundled tiny.en; else a path or model name.
+    model: str | None = None
+    device: str = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = Field(1, ge=1, le=10)
+    language: str | None = "en"
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    remote_model: str = "whisper-1"
+    timeout_s: float = Field(30.0, gt=0)
+    # Audio kept before the VAD's start offset, so the first phoneme is not cut.
+    pre_roll_ms: int = Field(300, ge=0, le=2000)
+
+
+class LlmSettings(StageSettings):
+    metrics_port: int = Field(9104, ge=0, le=65535)
+    health_port: int = Field(50104, ge=0, le=65535)
+    provider: Literal["llama_cpp", "openai"] = "llama_cpp"
+    model_path: str | None = None
+    n_ctx: int = Field(2048, ge=256)
+    n_threads: int | None = None
+    repeat_penalty: float = Field(1.3, ge=1.0)
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    model: str = "gpt-4o-mini"
+    timeout_s: float = Field(30.0, gt=0)
+    system_prompt: str = (
+        "You are Parley, a friendly voice assistant. Answer in one or two short "
+        "spoken sentences, without lists or markdown."
+    )
+    max_tokens: int = Field(60, ge=1, le=4096)
+    temperature: float = Field(0.6, ge=0, le=2)
+    max_history_turns: int = Field(20, ge=1)
+
+
+class TtsSettings(StageSettings):
+    metrics_port: int = Field(9105, ge=0, le=65535)
+    health_port: int = Field(50105, ge=0, le=65535)
+    provider: Literal["piper", "openai"] = "piper"
+    model_path: str | None = None
+    config_path: str | None = None
+    length_scale: float | None = Field(None, gt=0)
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    model: str = "tts-1"
+    voice: str = "alloy"
+    timeout_s: float = Field(30.0, gt=0)
+    chunk_ms: int = Field(100, ge=10, le=1000)
+
+
+class ToolsSettings(StageSettings):
+    metrics_port: int = Field(9106, ge=0, le=65535)
+    health_port: int = Field(50106, ge=0, le=65535)
+    timezone: str = "UTC"
+    call_timeout_s: float = Field(10.0, gt=0)
+
+
+class GatewaySettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    metrics_port: int = Field(9101, ge=0, le=65535)
+    # Clients may send 20-60 ms frames; anything over this is refused by frame.
+    max_frame_bytes: int = Field(64_000, ge=1024)
+    # Hard WebSocket message limit; above it the connection itself is closed.
+    max_message_bytes: int = Field(1_048_576, ge=1024)
+    input_sample_rates: list[int] = [8000, 16000, 22050, 24000, 44100, 48000]
+    output_sample_rate: int = Field(16000, ge=8000, le=48000)
+    placement_timeout_s: float = Field(3.0, gt=0)
+    # Owners silent this many heartbeat intervals are presumed dead.
+    heartbeat_misses: int = Field(3, ge=1)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    # Audio sent ahead of real time, so a device's jitter buffer never starves.
+    playback_lead_ms: int = Field(300, ge=0, le=5000)
+    drain_timeout_s: float = Field(10.0, ge=0)
+    auth_token: str | None = None
+
+
+class ParleySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    nats: NatsSettings = NatsSettings()
+    log: LogSettings = LogSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    gateway: GatewaySettings = GatewaySettings()
+    vad: VadSettings = VadSettings()
+    asr: AsrSettings = AsrSettings()
+    llm: LlmSettings = LlmSettings()
+    tts: TtsSettings = TtsSettings()
+    tools: ToolsSettings = ToolsSettings()
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> ParleySettings:
+        for name in ("asr", "llm", "tts"):
+            section = getattr(self, name)
+            if section.provider == "openai" and not section.base_url:
+                raise ValueError(f"{name}.base_url is required when {name}.provider is openai")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+_config_path: Path | None = None
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names every bad key."""
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {err['msg']}{shown}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None, **overrides: Any
+) -> ParleySettings:
+    """Read the TOML file, apply PARLEY_* overrides and validate everything."""
+    global _config_path
+    raw = config_file or os.environ.get("PARLEY_CONFIG")
+    if raw:
+        path = Path(raw)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+    else:
+        path = Path(DEFAULT_CONFIG_FILE)
+        if not path.is_file():
+            path = None  # type: ignore[assignment]
+    _config_path = path
+    try:
+        return ParleySettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    except Exception as exc:  # a TOML syntax error names its line
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+
+
+def load_settings_or_exit(config_file: str | None = None) -> ParleySettings:
+    try:
+        return load_settings(config_file)
+    except ConfigError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

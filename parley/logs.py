@@ -1,0 +1,68 @@
+"""Structured logs with the session id and trace id on every line."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+
+from opentelemetry import trace
+
+session_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("session_id", default="-")
+
+
+class _ContextFilter(logging.Filter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        if not hasattr(record, "session_id"):
+            record.session_id = session_id_var.get()
+        ctx = trace.get_current_span().get_span_context()
+        record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else "-"
+        return True
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = (
+            f"{ts}.{int(record.msecs):03d} {record.levelname:<5} {record.service:<7} "  # type: ignore[attr-defined]
+            f"session={record.session_id} trace={record.trace_id[:16]} "  # type: ignore[attr-defined]
+            f"{record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": record.created,
+            "level": record.levelname,
+            "service": record.service,  # type: ignore[attr-defined]
+            "logger": record.name,
+            "session_id": record.session_id,  # type: ignore[attr-defined]
+            "trace_id": record.trace_id,  # type: ignore[attr-defined]
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ContextFilter(service))
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Third-party chatter drowns the per-turn lines an operator looks for.
+    for noisy in ("nats", "httpx", "httpcore", "websockets", "faster_whisper", "piper"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
