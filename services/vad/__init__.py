@@ -1,0 +1,1 @@
+"""vad: Silero voice activity detection per session; publishes speech start/stop."""

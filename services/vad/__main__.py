@@ -1,0 +1,4 @@
+from parley.service import main
+from services.vad.service import VadStage
+
+main(VadStage)

@@ -1,0 +1,148 @@
+"""The vad service: one Silero stream and segmenter per placed session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from parley.config import VadSettings
+from parley.metrics import DROPPED_FRAMES, FRAMES, TURNS
+from parley.service import Stage
+from parley.session import StageSession, setting
+from parley.v1 import audio_pb2, common_pb2, control_pb2, vad_pb2
+from services.vad.segmenter import Segmenter, SegmenterConfig, Started, Stopped
+from services.vad.silero import SAMPLE_RATE, WINDOW_MS, SileroModel, SileroStream
+
+log = logging.getLogger("parley.vad")
+
+_REASONS = {
+    "silence": vad_pb2.SpeechStopped.SILENCE,
+    "max_utterance": vad_pb2.SpeechStopped.MAX_UTTERANCE,
+    "commit": vad_pb2.SpeechStopped.CLIENT_COMMIT,
+}
+
+
+class VadSession(StageSession):
+    stage = "vad"
+
+    def __init__(
+        self,
+        session_id: str,
+        stage: VadStage,
+        settings: common_pb2.Settings,
+        on_closed: Callable[[str], Awaitable[None]],
+    ) -> None:
+        super().__init__(session_id, stage.bus, settings, on_closed)
+        self.vad_stage = stage
+        self.stream: SileroStream = stage.model.stream()
+        self.segmenter = Segmenter(self._segmenter_config(), WINDOW_MS)
+        self.turn_id = 0
+        self._next_stats_ms = 0.0
+
+    def _segmenter_config(self) -> SegmenterConfig:
+        d: VadSettings = self.vad_stage.settings.vad
+        s = self.settings
+        return SegmenterConfig(
+            threshold=setting(s, "vad_threshold", d.threshold),
+            neg_offset=d.neg_threshold_offset,
+            min_speech_ms=setting(s, "min_speech_ms", d.min_speech_ms),
+            silence_ms=setting(s, "silence_ms", d.silence_ms),
+            max_utterance_ms=setting(s, "max_utterance_ms", d.max_utterance_ms),
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        await self.subscribe("audio.in", audio_pb2.AudioChunk, self._on_audio)
+
+    async def on_settings(self) -> None:
+        self.segmenter.config = self._segmenter_config()
+
+    @property
+    def busy(self) -> bool:
+        return self.segmenter.speaking
+
+    async def _on_audio(self, chunk: audio_pb2.AudioChunk) -> None:
+        FRAMES.labels("vad", "audio.in").inc()
+        if chunk.sample_rate != SAMPLE_RATE or len(chunk.pcm) % 2:
+            DROPPED_FRAMES.labels("vad", "bad_audio").inc()
+            await self.publish_error(
+                "bad_audio",
+                f"audio.in must be PCM16 at {SAMPLE_RATE} Hz, got {chunk.sample_rate} Hz "
+                f"and {len(chunk.pcm)} bytes",
+            )
+            return
+        loop = asyncio.get_running_loop()
+        windows = await loop.run_in_executor(self.vad_stage.executor, self.stream.push, chunk.pcm)
+        for probability, energy_db in windows:
+            decision = self.segmenter.push(probability)
+            if decision is not None:
+                await self._announce(decision)
+            if setting(self.settings, "vad_stats", False):
+                await self._maybe_stats(probability, energy_db)
+
+    async def _maybe_stats(self, probability: float, energy_db: float) -> None:
+        position = self.segmenter.position_ms
+        if position < self._next_stats_ms:
+            return
+        self._next_stats_ms = position + self.vad_stage.settings.vad.stats_interval_ms
+        stats = vad_pb2.VadStats(
+            speech_probability=probability,
+            energy_db=energy_db,
+            speaking=self.segmenter.speaking,
+            offset_ms=position,
+        )
+        await self.publish("vad", vad_pb2.VadEvent(stats=stats), turn_id=self.turn_id)
+
+    async def _announce(self, decision: Started | Stopped) -> None:
+        if isinstance(decision, Started):
+            self.turn_id += 1
+            TURNS.labels("vad").inc()
+            log.info("turn %d: speech started at %.0f ms", self.turn_id, decision.start_ms)
+            event = vad_pb2.VadEvent(
+                speech_started=vad_pb2.SpeechStarted(start_ms=decision.start_ms)
+            )
+        else:
+            log.info(
+                "turn %d: speech stopped at %.0f ms (%s)",
+                self.turn_id,
+                decision.end_ms,
+                decision.reason,
+            )
+            event = vad_pb2.VadEvent(
+                speech_stopped=vad_pb2.SpeechStopped(
+                    start_ms=decision.start_ms,
+                    end_ms=decision.end_ms,
+                    reason=_REASONS[decision.reason],
+                )
+            )
+        await self.publish("vad", event, turn_id=self.turn_id)
+
+    async def on_commit(self, meta: common_pb2.Meta) -> None:
+        decision = self.segmenter.commit()
+        if decision is not None:
+            await self._announce(decision)
+
+    async def on_interrupt(self, interrupt: control_pb2.Interrupt, meta: common_pb2.Meta) -> None:
+        pass
+
+
+class VadStage(Stage):
+    name = "vad"
+
+    async def load(self) -> None:
+        self.model = SileroModel(self.settings.vad.model_path)
+        # One thread: windows are sub-millisecond and ordering per session matters.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silero")
+
+    def open_session(
+        self,
+        session_id: str,
+        settings: common_pb2.Settings,
+        on_closed: Callable[[str], Awaitable[None]],
+    ) -> StageSession:
+        return VadSession(session_id, self, settings, on_closed)
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False)
