@@ -1,0 +1,1 @@
+"""gateway: terminates device connections and places each session on every stage."""
