@@ -1,0 +1,1 @@
+"""asr: speech recognition per utterance, local (faster-whisper) or remote."""

@@ -1,0 +1,4 @@
+from parley.service import main
+from services.asr.service import AsrStage
+
+main(AsrStage)

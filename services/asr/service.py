@@ -1,0 +1,176 @@
+"""The asr service: keeps each session's recent audio and transcribes each
+utterance the VAD delimits, as soon as it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from opentelemetry import trace
+
+from parley.errors import ProviderError
+from parley.metrics import FRAMES, REAL_TIME_FACTOR, STAGE_SECONDS
+from parley.service import Stage
+from parley.session import StageSession, setting
+from parley.v1 import asr_pb2, audio_pb2, common_pb2, vad_pb2
+from services.asr.providers import make_transcriber
+from services.asr.providers.base import Transcriber
+
+log = logging.getLogger("parley.asr")
+tracer = trace.get_tracer("parley.asr")
+
+RATE = 16000
+BYTES_PER_MS = RATE * 2 / 1000
+# Audio after the VAD's end offset: the last phoneme's tail.
+TAIL_MS = 150
+
+
+class AudioRing:
+    """The last few tens of seconds of a session's audio.in, addressable by offset."""
+
+    def __init__(self, keep_ms: float) -> None:
+        self.keep_bytes = int(keep_ms * BYTES_PER_MS)
+        self.buffer = bytearray()
+        self.start_ms = 0.0  # stream offset of buffer[0]
+
+    @property
+    def end_ms(self) -> float:
+        return self.start_ms + len(self.buffer) / BYTES_PER_MS
+
+    def append(self, offset_ms: float, pcm: bytes) -> None:
+        if not self.buffer:
+            self.start_ms = offset_ms
+        self.buffer.extend(pcm)
+        extra = len(self.buffer) - self.keep_bytes
+        if extra > 0:
+            extra -= extra % 2
+            del self.buffer[:extra]
+            self.start_ms += extra / BYTES_PER_MS
+
+    def slice(self, start_ms: float, end_ms: float) -> bytes:
+        a = max(0, int((start_ms - self.start_ms) * BYTES_PER_MS))
+        b = max(a, int((end_ms - self.start_ms) * BYTES_PER_MS))
+        return bytes(self.buffer[a - a % 2 : b - b % 2])
+
+
+class AsrSession(StageSession):
+    stage = "asr"
+
+    def __init__(
+        self,
+        session_id: str,
+        stage: AsrStage,
+        settings: common_pb2.Settings,
+        on_closed: Callable[[str], Awaitable[None]],
+    ) -> None:
+        super().__init__(session_id, stage.bus, settings, on_closed)
+        self.asr = stage
+        cfg = stage.settings
+        self.ring = AudioRing(cfg.vad.max_utterance_ms + cfg.asr.pre_roll_ms + 5000)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await super().start()
+        await self.subscribe("audio.in", audio_pb2.AudioChunk, self._on_audio)
+        await self.subscribe("vad", vad_pb2.VadEvent, self._on_vad)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks)
+
+    async def _on_audio(self, chunk: audio_pb2.AudioChunk) -> None:
+        FRAMES.labels("asr", "audio.in").inc()
+        if chunk.sample_rate == RATE and len(chunk.pcm) % 2 == 0:
+            self.ring.append(chunk.offset_ms, chunk.pcm)
+
+    async def _on_vad(self, event: vad_pb2.VadEvent) -> None:
+        if event.WhichOneof("event") != "speech_stopped":
+            return
+        stopped = event.speech_stopped
+        start = stopped.start_ms - self.asr.settings.asr.pre_roll_ms
+        end = stopped.end_ms + TAIL_MS
+        # The VAD decided after hearing silence_ms more audio, so the tail is here.
+        pcm = self.ring.slice(start, min(end, self.ring.end_ms))
+        task = asyncio.create_task(self._transcribe(event.meta.turn_id, stopped, pcm))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _transcribe(self, turn_id: int, stopped: vad_pb2.SpeechStopped, pcm: bytes) -> None:
+        language = setting(self.settings, "language", self.asr.settings.asr.language) or None
+        with tracer.start_as_current_span(
+            "asr.transcribe",
+            attributes={
+                "parley.session_id": self.session_id,
+                "parley.turn_id": turn_id,
+                "parley.audio_ms": len(pcm) / BYTES_PER_MS,
+                "parley.model": self.asr.transcriber.name,
+            },
+        ):
+            await self.publish_processing("transcribing", turn_id=turn_id)
+            try:
+                result = await self.asr.transcriber.transcribe(pcm, RATE, language)
+            except ProviderError as exc:
+                await self.publish_error(
+                    exc.code, f"transcription failed: {exc.message}", turn_id=turn_id
+                )
+                return
+            except Exception as exc:
+                log.exception("transcription failed")
+                await self.publish_error(
+                    "provider_error", f"transcription failed: {exc}", turn_id=turn_id
+                )
+                return
+        STAGE_SECONDS.labels("asr", "transcribe").observe(result.processing_ms / 1000)
+        if result.audio_ms > 0:
+            REAL_TIME_FACTOR.labels("asr").observe(result.processing_ms / result.audio_ms)
+        log.info("turn %d transcript (%.0f ms): %r", turn_id, result.processing_ms, result.text)
+        transcript = asr_pb2.Transcript(
+            text=result.text,
+            final=True,
+            start_ms=stopped.start_ms,
+            end_ms=stopped.end_ms,
+            language=result.language or "",
+            processing_ms=result.processing_ms,
+        )
+        await self.publish("asr", transcript, turn_id=turn_id)
+
+    async def on_close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+class AsrStage(Stage):
+    name = "asr"
+
+    async def load(self) -> None:
+        cfg = self.settings.asr
+        if cfg.provider == "openai":
+            self.transcriber: Transcriber = make_transcriber(
+                "openai",
+                base_url=cfg.base_url,
+                api_key=cfg.api_key,
+                model=cfg.remote_model,
+                timeout_s=cfg.timeout_s,
+            )
+        else:
+            self.transcriber = make_transcriber(
+                "faster_whisper",
+                model=cfg.model,
+                device=cfg.device,
+                compute_type=cfg.compute_type,
+                beam_size=cfg.beam_size,
+                language=cfg.language,
+            )
+        await self.transcriber.load()
+
+    def open_session(
+        self,
+        session_id: str,
+        settings: common_pb2.Settings,
+        on_closed: Callable[[str], Awaitable[None]],
+    ) -> StageSession:
+        return AsrSession(session_id, self, settings, on_closed)
+
+    async def close(self) -> None:
+        await self.transcriber.aclose()

@@ -1,0 +1,1 @@
+"""tts: speech synthesis per sentence, streamed as it is produced."""

@@ -1,0 +1,4 @@
+from parley.service import main
+from services.tts.service import TtsStage
+
+main(TtsStage)
