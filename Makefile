@@ -1,0 +1,64 @@
+# Parley: `make run` starts the whole stack, `make test` runs the tests.
+# Both set up what they need first: a virtualenv with every dependency, the
+# llama-cpp-python wheel (built once from source, then cached), the protobuf code.
+
+PYTHON ?= python3
+CACHE_DIR ?= $(HOME)/.cache/parley
+WHEELS := $(CACHE_DIR)/wheels
+# The venv lives in the cache, keyed by the dependency list, so a fresh clone
+# (CI's included) reuses it; .venv links to it for convenience.
+DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+VENV := $(CACHE_DIR)/venv-$(DEPS_HASH)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.parley-installed
+LLAMA_VERSION := 0.3.36
+PROTOS := $(wildcard proto/parley/v1/*.proto)
+GENERATED := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
+PYTEST_ARGS ?=
+
+.PHONY: setup link run test test-fast bench lint proto clean
+
+setup: $(STAMP) link proto
+
+$(STAMP): pyproject.toml
+	@mkdir -p $(WHEELS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	@# llama-cpp-python compiles llama.cpp (minutes): build the wheel once, keep it.
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" MAKEFLAGS=-j$$(nproc) \
+	  $(PY) -m pip wheel --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	$(PY) -m pip install -q --find-links $(WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
+	$(PY) -m pip install -q --find-links $(WHEELS) --no-build-isolation -e ".[dev]"
+	@touch $(STAMP)
+
+# The checkout may move (CI clones afresh): point the editable install here.
+link: $(STAMP)
+	@test "$$(readlink .venv)" = "$(VENV)" || ln -sfn $(VENV) .venv
+	@$(PY) -c "import parley, sys; sys.exit(parley.__file__ != '$(CURDIR)/parley/__init__.py')" \
+	  2>/dev/null || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+proto: $(GENERATED)
+
+parley/v1/%_pb2.py: proto/parley/v1/%.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. $(PROTOS)
+
+run: setup
+	$(VENV)/bin/parley up
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/parley bench --with-stack --out bench-report.json
+
+lint: setup
+	$(VENV)/bin/ruff check parley services tests
+	$(VENV)/bin/ruff format --check parley services tests
+	$(VENV)/bin/mypy parley services
+
+clean:
+	rm -rf parley/v1 .venv .pytest_cache
