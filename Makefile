@@ -52,8 +52,16 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Starts the stack, streams the questions, writes bench-report.json, stops.
 bench: setup
-	$(VENV)/bin/parley bench --with-stack --out bench-report.json
+	@mkdir -p var
+	@$(VENV)/bin/parley up > var/bench-stack.log 2>&1 & echo $$! > var/bench-stack.pid; \
+	  for i in $$(seq 300); do grep -q "Parley is ready" var/bench-stack.log && break; \
+	    kill -0 $$(cat var/bench-stack.pid) 2>/dev/null || break; sleep 1; done; \
+	  if ! grep -q "Parley is ready" var/bench-stack.log; then \
+	    tail -30 var/bench-stack.log; kill $$(cat var/bench-stack.pid) 2>/dev/null; exit 1; fi; \
+	  $(VENV)/bin/parley bench --out bench-report.json; rc=$$?; \
+	  kill -TERM $$(cat var/bench-stack.pid); wait 2>/dev/null; exit $$rc
 
 lint: setup
 	$(VENV)/bin/ruff check parley services tests

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
-from parley.bus import Bus
+from parley.bus import Bus, now_ms, session_subject, split_session_subject
 from parley.config import ParleySettings, StageSettings, load_settings_or_exit
 from parley.health import HealthServer
 from parley.logs import setup_logging
@@ -20,7 +20,7 @@ from parley.metrics import start_metrics_server
 from parley.placement import PlacementServer
 from parley.session import StageSession
 from parley.tracing import setup_tracing
-from parley.v1 import common_pb2
+from parley.v1 import common_pb2, events_pb2
 
 log = logging.getLogger("parley.service")
 
@@ -56,6 +56,25 @@ class Stage(ABC):
         pass
 
 
+def _report_decode_error(bus: Bus, stage: str) -> Callable[[str, str], Awaitable[None]]:
+    """Tell the session's client that a message for it could not be read."""
+
+    async def report(subject: str, reason: str) -> None:
+        target = split_session_subject(subject)
+        if target is None or target[1] == "events":
+            return
+        event = events_pb2.Event(
+            error=events_pb2.Error(
+                stage=stage, code="bad_bus_message", message=reason, recoverable=True
+            )
+        )
+        event.meta.session_id = target[0]
+        event.meta.ts_ms = now_ms()
+        await bus.publish(session_subject(target[0], "events"), event)
+
+    return report
+
+
 def parse_args(name: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"parley-{name}", description=f"Parley {name} service")
     parser.add_argument("--config", help="TOML configuration file (default parley.toml)")
@@ -80,6 +99,7 @@ async def run_stage(stage_cls: type[Stage], *, placed: bool = True) -> None:
     health = HealthServer(name)
     health_port = await health.start(stage_settings.health_port)
     bus = await Bus.connect(settings.nats, name)
+    bus.on_decode_error = _report_decode_error(bus, name)
     stage = stage_cls(settings, bus)
     await stage.load()
     await stage.start()
