@@ -6,8 +6,9 @@ PYTHON ?= python3
 CACHE_DIR ?= $(HOME)/.cache/parley
 WHEELS := $(CACHE_DIR)/wheels
 # The venv lives in the cache, keyed by the dependency list, so a fresh clone
-# (CI's included) reuses it; .venv links to it for convenience.
-DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# (CI's included) reuses it; .venv links to it for convenience. The key
+# covers the dependency list only, so the stamp needs no other prerequisite.
+DEPS_HASH := $(shell sed -n '/^\[project\]/,/^\[project.scripts\]/p' pyproject.toml | sha256sum | cut -c1-12)
 VENV := $(CACHE_DIR)/venv-$(DEPS_HASH)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.parley-installed
@@ -20,7 +21,7 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP) link proto
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	@mkdir -p $(WHEELS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
