@@ -189,7 +189,9 @@ class GatewaySession:
             ("events", events_pb2.Event, self._on_event),
         ):
             sub = await self.bus.subscribe(
-                session_subject(self.session_id, stream), msg_type, handler
+                session_subject(self.session_id, stream),
+                msg_type,  # type: ignore[arg-type]
+                handler,  # type: ignore[arg-type]
             )
             self._subs.append(sub)
         self.playback.start()
