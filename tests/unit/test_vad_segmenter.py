@@ -1,0 +1,73 @@
+"""Silero on real (Piper-synthesized) speech, through the segmenter."""
+
+import numpy as np
+import pytest
+
+from services.vad.segmenter import Segmenter, SegmenterConfig, Started, Stopped
+from services.vad.silero import WINDOW_MS, SileroModel
+from tests.support.speech import synthesize_speech, with_silence
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def model() -> SileroModel:
+    return SileroModel()
+
+
+def run(model: SileroModel, pcm: bytes, config: SegmenterConfig) -> list[Started | Stopped]:
+    stream = model.stream()
+    segmenter = Segmenter(config, WINDOW_MS)
+    decisions = []
+    # Feed in 20 ms frames, as a device would.
+    for i in range(0, len(pcm), 640):
+        for probability, _ in stream.push(pcm[i : i + 640]):
+            decision = segmenter.push(probability)
+            if decision is not None:
+                decisions.append(decision)
+    return decisions
+
+
+def test_one_utterance_gives_one_start_and_one_stop(model: SileroModel) -> None:
+    speech = synthesize_speech("What is the capital of France?")
+    pcm = with_silence(speech, RATE, 500, 1500)
+    decisions = run(model, pcm, SegmenterConfig(silence_ms=500))
+    assert [type(d) for d in decisions] == [Started, Stopped]
+    start, stop = decisions
+    speech_ms = len(speech) / (RATE * 2) * 1000
+    assert 300 <= start.start_ms <= 900
+    assert stop.reason == "silence"
+    # The stop offset is where speech ended, not where VAD noticed.
+    assert abs(stop.end_ms - (500 + speech_ms)) < 400
+
+
+def test_silence_and_a_click_never_start_a_turn(model: SileroModel) -> None:
+    silence = bytes(RATE * 2)
+    click = np.zeros(RATE, dtype="<i2")
+    click[8000:8080] = 20000  # a 5 ms click
+    pcm = silence + click.tobytes() + silence
+    assert run(model, pcm, SegmenterConfig(min_speech_ms=250)) == []
+
+
+def test_pause_shorter_than_silence_duration_keeps_the_turn(model: SileroModel) -> None:
+    a = synthesize_speech("I would like to know")
+    b = synthesize_speech("the time in Tokyo please.")
+    pause = bytes(int(RATE * 2 * 0.35))
+    pcm = with_silence(a + pause + b, RATE, 300, 1500)
+    decisions = run(model, pcm, SegmenterConfig(silence_ms=800))
+    assert [type(d) for d in decisions] == [Started, Stopped]
+    # With a short silence duration the same audio is two turns.
+    decisions = run(model, pcm, SegmenterConfig(silence_ms=200))
+    assert [type(d) for d in decisions] == [Started, Stopped, Started, Stopped]
+
+
+def test_max_utterance_forces_the_end(model: SileroModel) -> None:
+    speech = synthesize_speech(
+        "This is a long sentence that keeps going on and on so that the limit is reached."
+    )
+    decisions = run(
+        model, with_silence(speech, RATE, 200, 800), SegmenterConfig(max_utterance_ms=1500)
+    )
+    stops = [d for d in decisions if isinstance(d, Stopped)]
+    assert stops[0].reason == "max_utterance"
+    assert stops[0].end_ms - stops[0].start_ms <= 1600
