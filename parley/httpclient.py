@@ -1,0 +1,34 @@
+"""Maps httpx failures of a remote model provider onto ProviderError codes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+
+from parley.errors import ProviderError
+
+
+@contextlib.asynccontextmanager
+async def provider_errors(what: str, base_url: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ProviderError("timeout", f"{what} at {base_url} timed out ({exc!r})") from None
+    except httpx.HTTPStatusError as exc:
+        body = ""
+        with contextlib.suppress(Exception):
+            body = exc.response.text[:300]
+        raise ProviderError(
+            "provider_error",
+            f"{what} at {base_url} answered HTTP {exc.response.status_code}: {body}",
+        ) from None
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        raise ProviderError(
+            "provider_unavailable", f"{what} at {base_url} is unreachable: {exc}"
+        ) from None
+    except (ValueError, KeyError) as exc:  # a body that is not what the API promises
+        raise ProviderError(
+            "provider_error", f"{what} at {base_url} sent a malformed answer: {exc}"
+        ) from None

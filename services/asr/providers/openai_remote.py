@@ -1,0 +1,61 @@
+"""Any OpenAI-compatible /v1/audio/transcriptions (OpenAI, Groq, a local server)."""
+
+from __future__ import annotations
+
+import io
+import time
+import wave
+
+import httpx
+
+from parley.httpclient import provider_errors
+from services.asr.providers.base import TranscriptionResult
+
+
+class OpenAITranscriber:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        model: str = "whisper-1",
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = f"openai:{model}"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(headers=headers, timeout=timeout_s)
+
+    async def load(self) -> None:
+        pass
+
+    async def transcribe(
+        self, pcm16: bytes, sample_rate: int, language: str | None = None
+    ) -> TranscriptionResult:
+        buffer = io.BytesIO()
+        with wave.open(buffer, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sample_rate)
+            w.writeframes(pcm16)
+        data = {"model": self.model, "response_format": "json"}
+        if language:
+            data["language"] = language
+        started = time.monotonic()
+        async with provider_errors("transcription service", self.base_url):
+            response = await self._client.post(
+                f"{self.base_url}/audio/transcriptions",
+                data=data,
+                files={"file": ("audio.wav", buffer.getvalue(), "audio/wav")},
+            )
+            response.raise_for_status()
+            text = str(response.json().get("text", "")).strip()
+        return TranscriptionResult(
+            text,
+            language,
+            len(pcm16) / (sample_rate * 2) * 1000,
+            (time.monotonic() - started) * 1000,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

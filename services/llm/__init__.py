@@ -1,0 +1,1 @@
+"""llm: conversation state and streaming answers, cut into speakable sentences."""
