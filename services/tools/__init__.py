@@ -1,0 +1,1 @@
+"""tools: the one place tools live; stateless request/reply on the bus."""

@@ -1,0 +1,4 @@
+from parley.service import main
+from services.tools.service import ToolsStage
+
+main(ToolsStage, placed=False)
