@@ -39,8 +39,17 @@ async def _pump(name: str, stream: asyncio.StreamReader, ready: asyncio.Event) -
         if not raw:
             return
         line = raw.decode(errors="replace").rstrip()
+        if name == "nats":
+            # nats-server's banner is a dozen lines; keep its one ready line,
+            # warnings and errors.
+            if "Server is ready" in line:
+                _say("nats ready")
+                ready.set()
+            elif "[WRN]" in line or "[ERR]" in line or "[FTL]" in line:
+                print(f"nats: {line}", flush=True)
+            continue
         print(line, flush=True)
-        if " ready" in line or "Server is ready" in line:
+        if " ready" in line:
             ready.set()
 
 
