@@ -1,0 +1,1 @@
+"""The `parley` command: talk to a running stack, benchmark it, or run it."""
