@@ -1,0 +1,119 @@
+"""A stand-in for a remote, paid OpenAI-compatible service: a real HTTP server
+on loopback that streams scripted chat deltas as server-sent events and serves
+the audio endpoints, recording every request it gets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class OpenAIStub:
+    # Each item: a text piece, or a raw `delta` dict (tool-call deltas later).
+    chat_script: list[str | dict[str, Any]] = field(default_factory=lambda: ["Hello", " there."])
+    chat_delay_s: float = 0.0
+    transcription_text: str = "hello world"
+    speech_pcm: bytes = bytes(4800)
+    speech_chunk_bytes: int = 1001  # odd on purpose: clients must keep samples whole
+    fail_status: int | None = None
+    hang: bool = False
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    chat_disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    chat_finished: asyncio.Event = field(default_factory=asyncio.Event)
+    base_url: str = ""
+
+    async def __aenter__(self) -> OpenAIStub:
+        self._released = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._released.set()
+        await self._runner.cleanup()
+
+    async def _maybe_fail(self) -> web.Response | None:
+        if self.hang:
+            await self._released.wait()
+        if self.fail_status is not None:
+            return web.json_response(
+                {"error": {"message": "scripted failure"}}, status=self.fail_status
+            )
+        return None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(
+            {"path": request.path, "json": body, "auth": request.headers.get("Authorization")}
+        )
+        failure = await self._maybe_fail()
+        if failure is not None:
+            return failure
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for item in self.chat_script:
+                delta = {"content": item} if isinstance(item, str) else item
+                chunk = {
+                    "id": "chatcmpl-stub",
+                    "object": "chat.completion.chunk",
+                    "model": body.get("model", "stub"),
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                }
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                if self.chat_delay_s:
+                    await asyncio.sleep(self.chat_delay_s)
+            last = {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+            await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+            self.chat_finished.set()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.chat_disconnected.set()
+            raise
+        return response
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        audio = upload.file.read() if hasattr(upload, "file") else b""
+        self.requests.append(
+            {
+                "path": request.path,
+                "form": {k: v for k, v in form.items() if k != "file"},
+                "file_bytes": len(audio),
+                "file_head": audio[:4],
+            }
+        )
+        failure = await self._maybe_fail()
+        if failure is not None:
+            return failure
+        return web.json_response({"text": self.transcription_text})
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append({"path": request.path, "json": body})
+        failure = await self._maybe_fail()
+        if failure is not None:
+            return failure
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        for i in range(0, len(self.speech_pcm), self.speech_chunk_bytes):
+            await response.write(self.speech_pcm[i : i + self.speech_chunk_bytes])
+            await asyncio.sleep(0)
+        return response
