@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     talk.add_argument("--json", action="store_true", help="print each event as a JSON line")
     talk.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
 
+    say = commands.add_parser("say", help="make a spoken WAV of a text, to talk with")
+    say.add_argument("text")
+    say.add_argument("out", help="WAV file to write (16 kHz mono PCM16)")
+
     bench = commands.add_parser("bench", help="time spoken questions through a running stack")
     bench.add_argument("--url", default=DEFAULT_URL)
     bench.add_argument("--questions", type=int, default=10)
@@ -66,6 +70,12 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
         sys.exit(code)
+    elif args.command == "say":
+        from parley.cli.speech import synthesize_speech
+        from parley.cli.wavio import write_wav
+
+        write_wav(args.out, synthesize_speech(args.text), 16000)
+        print(f"wrote {args.out}")
     elif args.command == "bench":
         from parley.cli.bench import bench as run_bench
 
