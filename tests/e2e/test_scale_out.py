@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import defaultdict
 
 import nats
@@ -30,15 +31,19 @@ class Owners:
 
     def __init__(self) -> None:
         self.sessions: dict[str, set[str]] = defaultdict(set)
+        self.seen: dict[str, float] = {}
 
     async def on_beat(self, msg: nats.aio.msg.Msg) -> None:
         beat = placement_pb2.Heartbeat()
         beat.ParseFromString(msg.data)
         self.sessions[beat.instance_id] = set(beat.session_ids)
+        self.seen[beat.instance_id] = time.monotonic()
 
     def owner(self, stage: str, session_id: str) -> str | None:
+        """The live instance (heard from in the last 2.5 s) holding the session."""
         for instance, sessions in self.sessions.items():
-            if instance.startswith(f"{stage}-") and session_id in sessions:
+            alive = time.monotonic() - self.seen[instance] < 2.5
+            if alive and instance.startswith(f"{stage}-") and session_id in sessions:
                 return instance
         return None
 

@@ -19,6 +19,7 @@ class ParleyClient:
         self.events: list[dict[str, Any]] = []
         self.audio = bytearray()
         self.first_audio_at: float | None = None
+        self.frames: list[tuple[float, int]] = []  # (arrival, bytes) of each audio frame
         self._changed = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
         self.session: dict[str, Any] = {}
@@ -37,6 +38,7 @@ class ParleyClient:
                     if isinstance(message, bytes):
                         if self.first_audio_at is None:
                             self.first_audio_at = time.monotonic()
+                        self.frames.append((time.monotonic(), len(message)))
                         self.audio.extend(message)
                     else:
                         event = json.loads(message)
