@@ -111,6 +111,13 @@ class LlmSettings(StageSettings):
     max_tokens: int = Field(60, ge=1, le=4096)
     temperature: float = Field(0.6, ge=0, le=2)
     max_history_turns: int = Field(20, ge=1)
+    # Tool calling (OpenAI-compatible models): rounds of calls before the
+    # model must answer in words, and what the user hears while a tool runs.
+    max_tool_rounds: int = Field(4, ge=0, le=16)
+    tool_timeout_s: float = Field(10.0, gt=0)
+    tools_allow: list[str] | None = None
+    filler_delay_s: float = Field(1.5, ge=0)
+    filler_text: str = "One moment."
 
 
 class TtsSettings(StageSettings):

@@ -5,25 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from opentelemetry import trace
 
+from parley.bus import TOOLS_CALL, TOOLS_LIST
 from parley.errors import ProviderError
 from parley.metrics import INTERRUPTS, STAGE_SECONDS
 from parley.service import Stage
 from parley.session import StageSession, setting
-from parley.v1 import asr_pb2, common_pb2, control_pb2, llm_pb2
+from parley.v1 import asr_pb2, common_pb2, control_pb2, llm_pb2, tools_pb2
 from services.llm.conversation import Conversation
 from services.llm.providers import make_chat_model
-from services.llm.providers.base import ChatModel
+from services.llm.providers.base import ChatModel, ToolCall
 from services.llm.sentences import SentenceSplitter
 
 log = logging.getLogger("parley.llm")
 tracer = trace.get_tracer("parley.llm")
+
+TOOLS_CACHE_S = 30.0
+TOOLS_LIST_TIMEOUT_S = 1.0
 
 
 class _Generation:
@@ -53,6 +59,7 @@ class LlmSession(StageSession):
             max_turns=cfg.max_history_turns,
         )
         self.current: _Generation | None = None
+        self._tools_cache: tuple[float, list[dict[str, Any]] | None] | None = None
 
     async def start(self) -> None:
         await super().start()
@@ -98,12 +105,73 @@ class LlmSession(StageSession):
         self.current = gen
         gen.task = asyncio.create_task(self._generate(gen, text))
 
+    async def _tool_specs(self) -> list[dict[str, Any]] | None:
+        """The tools the model may call, from the tools service (cached briefly)."""
+        cfg = self.llm.settings.llm
+        if not self.llm.model.supports_tools or cfg.max_tool_rounds == 0:
+            return None
+        now = time.monotonic()
+        if self._tools_cache is not None and now - self._tools_cache[0] < TOOLS_CACHE_S:
+            return self._tools_cache[1]
+        try:
+            reply = await self.bus.request(
+                TOOLS_LIST,
+                tools_pb2.ToolListRequest(session_id=self.session_id),
+                tools_pb2.ToolListReply,
+                timeout=TOOLS_LIST_TIMEOUT_S,
+            )
+        except Exception as exc:  # no tools is better than no answer
+            log.warning("cannot list tools, answering without: %s", exc)
+            return None
+        allow = set(cfg.tools_allow) if cfg.tools_allow is not None else None
+        specs = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": json.loads(t.parameters_json or "{}"),
+                },
+            }
+            for t in reply.tools
+            if allow is None or t.name in allow
+        ]
+        self._tools_cache = (now, specs or None)
+        return specs or None
+
+    async def _call_tool(self, call: ToolCall, turn_id: int, response_id: str) -> str:
+        """One tool call through the bus; failures become text the model can explain."""
+        timeout = self.llm.settings.llm.tool_timeout_s
+        with tracer.start_as_current_span(
+            "llm.tool_call",
+            attributes={"parley.session_id": self.session_id, "parley.tool": call.name},
+        ) as span:
+            await self.publish_processing(f"calling {call.name}", turn_id, response_id)
+            request = tools_pb2.ToolCallRequest(
+                session_id=self.session_id,
+                call_id=call.id,
+                name=call.name,
+                arguments_json=call.arguments,
+                timeout_s=timeout,
+            )
+            try:
+                reply = await self.bus.request(
+                    TOOLS_CALL, request, tools_pb2.ToolCallReply, timeout=timeout + 1.0
+                )
+            except Exception as exc:
+                span.set_attribute("error", True)
+                log.warning("tool %s got no answer: %s", call.name, exc)
+                return f"Error: the tool {call.name} did not answer ({type(exc).__name__})."
+            if not reply.ok:
+                span.set_attribute("error", True)
+                return f"Error: {reply.error}"
+            return reply.content
+
     async def _generate(self, gen: _Generation, user_text: str) -> None:
         cfg = self.llm.settings.llm
         model = self.llm.model
         rid, turn_id = gen.response_id, gen.turn_id
         self.conversation.add_user(user_text)
-        messages = self.conversation.messages()
         splitter = SentenceSplitter()
         sentences = 0
         status = llm_pb2.ResponseEnded.COMPLETED
@@ -143,22 +211,57 @@ class LlmSession(StageSession):
                     )
                     sentences += 1
 
-            stream = model.stream(messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+            async def filler() -> None:
+                await asyncio.sleep(cfg.filler_delay_s)
+                if cfg.filler_text:
+                    await emit([cfg.filler_text])
+
             try:
-                async for delta in stream:
-                    if not gen.text:
-                        span.add_event("first_token")
-                        STAGE_SECONDS.labels("llm", "first_token").observe(
-                            time.monotonic() - started
-                        )
-                    gen.text += delta
-                    await self.publish(
-                        "llm",
-                        llm_pb2.LlmEvent(delta=llm_pb2.TextDelta(text=delta)),
-                        turn_id=turn_id,
-                        response_id=rid,
+                tools = await self._tool_specs()
+                for round_no in range(cfg.max_tool_rounds + 1):
+                    calls: list[ToolCall] = []
+                    round_text = ""
+                    # The last round offers no tools: the model must answer in words.
+                    offered = tools if round_no < cfg.max_tool_rounds else None
+                    stream = model.stream(
+                        self.conversation.messages(),
+                        max_tokens=cfg.max_tokens,
+                        temperature=cfg.temperature,
+                        tools=offered,
                     )
-                    await emit(splitter.push(delta))
+                    try:
+                        async for item in stream:
+                            if isinstance(item, ToolCall):
+                                calls.append(item)
+                                continue
+                            if not gen.text:
+                                span.add_event("first_token")
+                                STAGE_SECONDS.labels("llm", "first_token").observe(
+                                    time.monotonic() - started
+                                )
+                            gen.text += item
+                            round_text += item
+                            await self.publish(
+                                "llm",
+                                llm_pb2.LlmEvent(delta=llm_pb2.TextDelta(text=item)),
+                                turn_id=turn_id,
+                                response_id=rid,
+                            )
+                            await emit(splitter.push(item))
+                    finally:
+                        await stream.aclose()  # type: ignore[attr-defined]
+                    if not calls:
+                        break
+                    await emit(splitter.push("\n"))
+                    span.add_event("tool_calls", {"parley.tools": [c.name for c in calls]})
+                    waiting = asyncio.create_task(filler())
+                    try:
+                        results = await asyncio.gather(
+                            *(self._call_tool(c, turn_id, rid) for c in calls)
+                        )
+                    finally:
+                        waiting.cancel()
+                    self.conversation.add_tool_round(calls, list(results), round_text)
                 await emit(splitter.flush())
             except asyncio.CancelledError:
                 status = llm_pb2.ResponseEnded.CANCELLED
@@ -181,9 +284,6 @@ class LlmSession(StageSession):
                     turn_id=turn_id,
                     response_id=rid,
                 )
-            finally:
-                with contextlib.suppress(Exception):
-                    await stream.aclose()
             span.set_attribute("parley.sentences", sentences)
 
         if status == llm_pb2.ResponseEnded.CANCELLED:

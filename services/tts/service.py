@@ -63,9 +63,9 @@ class TtsSession(StageSession):
             # A new answer supersedes whatever is still being spoken.
             for old in list(self.responses):
                 await self._cancel(old)
-            resp = _Response(rid, event.meta.turn_id)
-            resp.task = asyncio.create_task(self._speak(resp))
-            self.responses[rid] = resp
+            fresh = _Response(rid, event.meta.turn_id)
+            fresh.task = asyncio.create_task(self._speak(fresh))
+            self.responses[rid] = fresh
         elif kind == "sentence":
             resp = self.responses.get(rid)
             if resp is not None:
@@ -173,7 +173,7 @@ class TtsSession(StageSession):
                 )
                 return False
             finally:
-                await stream.aclose()
+                await stream.aclose()  # type: ignore[attr-defined]
             elapsed = time.monotonic() - started
             audio_s = audio_bytes / (rate * 2)
             span.set_attribute("parley.audio_ms", audio_s * 1000)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.harness import start_stack
 from tests.support.client import ParleyClient, silence
-from tests.support.openai_stub import OpenAIStub
+from tests.support.openai_stub import OpenAIStub, tool_call_deltas
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow
@@ -101,5 +101,72 @@ async def test_barge_in_stops_everything_and_history_keeps_what_was_heard(remote
         assert assistant, messages
         assert full.startswith(assistant[-1]) and len(assistant[-1]) < len(full) / 2
         assert messages[-1]["role"] == "user" and "stop" in messages[-1]["content"].lower()
+    finally:
+        await client.close()
+
+
+async def ask_typed(client: ParleyClient, text: str) -> dict:
+    mark = len(client.events)
+    await client.send_json({"type": "text_input", "text": text})
+    ended = await client.wait_for("response_end", after=mark, timeout=40)
+    return ended
+
+
+async def test_a_tool_call_runs_and_the_answer_uses_its_result(remote_stack) -> None:
+    stack, stub = remote_stack
+    stub.chat_delay_s = 0.0
+    stub.chat_queue = [
+        tool_call_deltas([("call_1", "get_current_time", '{"timezone": "Asia/Tokyo"}')]),
+        ["In Tokyo it is", " late evening."],
+    ]
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        asked = len(stub.requests)
+        ended = await ask_typed(client, "What time is it in Tokyo?")
+        assert ended["status"] == "completed"
+        assert ended["text"] == "In Tokyo it is late evening."
+        processing = [e for e in client.of_type("processing") if e["stage"] == "llm"]
+        assert processing and "get_current_time" in processing[0]["detail"]
+        first, second = stub.requests[asked : asked + 2]
+        names = [t["function"]["name"] for t in first["json"]["tools"]]
+        assert "get_current_time" in names
+        messages = second["json"]["messages"]
+        call_msg, result_msg = messages[-2], messages[-1]
+        assert call_msg["tool_calls"][0]["function"]["name"] == "get_current_time"
+        assert result_msg["role"] == "tool" and result_msg["tool_call_id"] == "call_1"
+        assert '"timezone": "Asia/Tokyo"' in result_msg["content"]
+    finally:
+        await client.close()
+
+
+async def test_parallel_calls_and_failing_tools_become_results(remote_stack) -> None:
+    stack, stub = remote_stack
+    stub.chat_delay_s = 0.0
+    stub.chat_queue = [
+        tool_call_deltas(
+            [
+                ("call_a", "get_current_time", '{"timezone": "Europe/Paris"}'),
+                ("call_b", "get_current_time", '{"timezone": "America/New_York"}'),
+                ("call_c", "launch_rocket", "{}"),
+            ]
+        ),
+        ["Paris and New York are six hours apart, and I cannot launch rockets."],
+    ]
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        asked = len(stub.requests)
+        ended = await ask_typed(client, "Compare the time in Paris and New York, then launch.")
+        assert ended["status"] == "completed"
+        results = {
+            m["tool_call_id"]: m["content"]
+            for m in stub.requests[asked + 1]["json"]["messages"]
+            if m["role"] == "tool"
+        }
+        assert "Europe/Paris" in results["call_a"]
+        assert "America/New_York" in results["call_b"]
+        assert results["call_c"].startswith("Error:") and "launch_rocket" in results["call_c"]
+        # The next turn works.
+        stub.chat_script = ["Yes."]
+        assert (await ask_typed(client, "Still there?"))["status"] == "completed"
     finally:
         await client.close()

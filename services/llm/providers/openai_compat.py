@@ -11,6 +11,7 @@ import httpx
 
 from parley.errors import ProviderError
 from parley.httpclient import provider_errors
+from services.llm.providers.base import Message, ToolCall
 
 
 class OpenAIChatModel:
@@ -25,6 +26,7 @@ class OpenAIChatModel:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = f"openai:{model}"
+        self.supports_tools = True
         self.extra_body = extra_body or {}
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(headers=headers, timeout=timeout_s)
@@ -33,9 +35,14 @@ class OpenAIChatModel:
         pass
 
     async def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
-        body = {
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> AsyncIterator[str | ToolCall]:
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "stream": True,
@@ -43,6 +50,11 @@ class OpenAIChatModel:
             "temperature": temperature,
             **self.extra_body,
         }
+        if tools:
+            body["tools"] = tools
+        # Tool calls arrive in pieces keyed by index: id and name first, then
+        # the arguments JSON in fragments.
+        calls: dict[int, dict[str, str]] = {}
         async with provider_errors("chat model", self.base_url):
             # Leaving this block (the caller closed us: an interrupt) closes
             # the HTTP stream, which is how the server learns to stop.
@@ -57,7 +69,7 @@ class OpenAIChatModel:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        return
+                        break
                     try:
                         chunk = json.loads(data)
                     except json.JSONDecodeError as exc:
@@ -67,9 +79,20 @@ class OpenAIChatModel:
                     if "error" in chunk:
                         raise ProviderError("provider_error", str(chunk["error"])[:300])
                     for choice in chunk.get("choices") or []:
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            yield content
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield delta["content"]
+                        for part in delta.get("tool_calls") or []:
+                            call = calls.setdefault(
+                                int(part.get("index", 0)), {"id": "", "name": "", "arguments": ""}
+                            )
+                            call["id"] = part.get("id") or call["id"]
+                            function = part.get("function") or {}
+                            call["name"] += function.get("name") or ""
+                            call["arguments"] += function.get("arguments") or ""
+        for index in sorted(calls):
+            call = calls[index]
+            yield ToolCall(call["id"] or f"call_{index}", call["name"], call["arguments"] or "{}")
 
     async def aclose(self) -> None:
         await self._client.aclose()
