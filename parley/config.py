@@ -45,7 +45,8 @@ class LogSettings(Section):
 class TelemetrySettings(Section):
     # none: no spans recorded; console / file: local inspection; otlp: a collector.
     traces_exporter: Literal["none", "console", "file", "otlp"] = "none"
-    traces_file: str = "var/traces.jsonl"
+    # {service} becomes the service name, so processes never share a file.
+    traces_file: str = "var/traces-{service}.jsonl"
     otlp_endpoint: str | None = None
 
 

@@ -44,7 +44,7 @@ def setup_tracing(service: str, settings: TelemetrySettings) -> TracerProvider:
     if settings.traces_exporter == "console":
         exporter = ConsoleSpanExporter()
     elif settings.traces_exporter == "file":
-        exporter = JsonLinesSpanExporter(settings.traces_file)
+        exporter = JsonLinesSpanExporter(settings.traces_file.format(service=service))
     elif settings.traces_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -121,19 +121,20 @@ class AsrSession(StageSession):
                     "provider_error", f"transcription failed: {exc}", turn_id=turn_id
                 )
                 return
-        STAGE_SECONDS.labels("asr", "transcribe").observe(result.processing_ms / 1000)
-        if result.audio_ms > 0:
-            REAL_TIME_FACTOR.labels("asr").observe(result.processing_ms / result.audio_ms)
-        log.info("turn %d transcript (%.0f ms): %r", turn_id, result.processing_ms, result.text)
-        transcript = asr_pb2.Transcript(
-            text=result.text,
-            final=True,
-            start_ms=stopped.start_ms,
-            end_ms=stopped.end_ms,
-            language=result.language or "",
-            processing_ms=result.processing_ms,
-        )
-        await self.publish("asr", transcript, turn_id=turn_id)
+            STAGE_SECONDS.labels("asr", "transcribe").observe(result.processing_ms / 1000)
+            if result.audio_ms > 0:
+                REAL_TIME_FACTOR.labels("asr").observe(result.processing_ms / result.audio_ms)
+            log.info("turn %d transcript (%.0f ms): %r", turn_id, result.processing_ms, result.text)
+            transcript = asr_pb2.Transcript(
+                text=result.text,
+                final=True,
+                start_ms=stopped.start_ms,
+                end_ms=stopped.end_ms,
+                language=result.language or "",
+                processing_ms=result.processing_ms,
+            )
+            # Inside the span: the llm's answer becomes its child.
+            await self.publish("asr", transcript, turn_id=turn_id)
 
     async def on_close(self) -> None:
         for task in self._tasks:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import soxr
 from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from parley.bus import Bus, session_subject
@@ -174,6 +175,12 @@ class GatewaySession:
         )
         self.closed = False
         self.user_speaking = False
+        # Each turn is one trace. Its root span opens before the user speaks
+        # (audio is published under it) and is handed to the turn when VAD
+        # ends it; the next audio goes under a fresh root.
+        self._listen_span: trace.Span | None = None
+        self.turn_spans: dict[int, trace.Span] = {}
+        self._audio_out_context: dict[str, otel_context.Context] = {}
 
     # --- lifecycle ----------------------------------------------------------
     async def open(self, settings: common_pb2.Settings | None = None) -> list[PlacementError]:
@@ -195,6 +202,7 @@ class GatewaySession:
             )
             self._subs.append(sub)
         self.playback.start()
+        self._open_listen_span()
         ACTIVE_SESSIONS.labels("gateway").inc()
         placement = Placement(self.session_id, self.settings, on_error=self._on_placement_error)
         with tracer.start_as_current_span("gateway.place_session"):
@@ -234,7 +242,27 @@ class GatewaySession:
             except Exception:
                 pass
         self.placement_client.forget(self.session_id)
+        for turn_id in list(self.turn_spans):
+            self._end_turn_span(turn_id)
+        if self._listen_span is not None:
+            self._listen_span.end()
         log.info("session closed: %s", reason)
+
+    def _open_listen_span(self) -> None:
+        self._listen_span = tracer.start_span(
+            "gateway.turn",
+            context=otel_context.Context(),  # a new trace, not the connection's
+            attributes={"parley.session_id": self.session_id, "parley.protocol": self.protocol},
+        )
+
+    def _turn_context(self) -> otel_context.Context:
+        span = self._listen_span or trace.INVALID_SPAN
+        return trace.set_span_in_context(span)
+
+    def _end_turn_span(self, turn_id: int) -> None:
+        span = self.turn_spans.pop(turn_id, None)
+        if span is not None:
+            span.end()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -253,7 +281,14 @@ class GatewaySession:
 
     async def _control(self, msg: control_pb2.Control) -> None:
         self._meta(msg.meta, "control")
-        await self.bus.publish(session_subject(self.session_id, "control"), msg)
+        token = None
+        if not trace.get_current_span().get_span_context().is_valid:
+            token = otel_context.attach(self._turn_context())
+        try:
+            await self.bus.publish(session_subject(self.session_id, "control"), msg)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     async def push_audio(self, pcm: bytes) -> None:
         """PCM16 mono at the session's input rate, already validated for shape."""
@@ -277,7 +312,11 @@ class GatewaySession:
             self._in_offset_ms += len(piece) / (BUS_RATE * 2) * 1000
             self.arrivals.record(self._in_offset_ms, now)
             self._meta(chunk.meta, "audio.in")
-            await self.bus.publish(session_subject(self.session_id, "audio.in"), chunk)
+            token = otel_context.attach(self._turn_context())
+            try:
+                await self.bus.publish(session_subject(self.session_id, "audio.in"), chunk)
+            finally:
+                otel_context.detach(token)
 
     async def update_settings(
         self,
@@ -350,6 +389,9 @@ class GatewaySession:
         )
         self.cancelled.add(rid)
         self.playback.flush()
+        self._audio_out_context.pop(rid, None)
+        if resp.turn_id:
+            self._end_turn_span(resp.turn_id)
         INTERRUPTS.labels("gateway").inc()
         log.info("response %s interrupted (%s) after %.0f ms played", rid, reason, played)
         await self._control(
@@ -397,6 +439,15 @@ class GatewaySession:
         elif kind == "speech_stopped":
             self.user_speaking = False
             stopped = msg.speech_stopped
+            if self._listen_span is not None:
+                self._listen_span.set_attribute("parley.turn_id", turn_id)
+                self._listen_span.set_attribute(
+                    "parley.speech_ms", stopped.end_ms - stopped.start_ms
+                )
+                self.turn_spans[turn_id] = self._listen_span
+                for old in sorted(self.turn_spans)[:-4]:
+                    self._end_turn_span(old)
+            self._open_listen_span()
             timeline = self._turn(turn_id)
             timeline.end_of_speech_ms = stopped.end_ms
             timeline.end_of_speech = self.arrivals.time_of(stopped.end_ms)
@@ -424,6 +475,8 @@ class GatewaySession:
     async def _on_asr(self, msg: asr_pb2.Transcript) -> None:
         if msg.final:
             self._turn(msg.meta.turn_id).mark("final_transcript")
+            if not msg.text.strip():
+                self._end_turn_span(msg.meta.turn_id)
         await self.sink.send_event(
             {
                 "type": "transcription",
@@ -497,6 +550,7 @@ class GatewaySession:
             return
         if resp.turn_id:
             self._turn(resp.turn_id).mark("first_tts_audio")
+        self._audio_out_context.setdefault(rid, otel_context.get_current())
         if chunk.pcm:
             pcm = chunk.pcm
             if chunk.sample_rate != self.output_rate:
@@ -560,6 +614,17 @@ class GatewaySession:
             return
         timeline = self._turn(resp.turn_id)
         timeline.mark("first_audio_sent")
+        parent = self._audio_out_context.pop(response_id, None)
+        if parent is not None:
+            tracer.start_span(
+                "gateway.first_audio_sent",
+                context=parent,
+                attributes={
+                    "parley.session_id": self.session_id,
+                    "parley.turn_id": resp.turn_id,
+                    "parley.response_id": response_id,
+                },
+            ).end()
         if timeline.reported or timeline.end_of_speech is None:
             return
         timeline.reported = True
@@ -576,6 +641,9 @@ class GatewaySession:
         )
 
     async def _on_playback_end(self, response_id: str) -> None:
+        resp = self.responses.get(response_id)
+        if resp is not None and resp.turn_id:
+            self._end_turn_span(resp.turn_id)
         if self._stale(response_id):
             return
         await self.sink.send_event(

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from opentelemetry import trace
+
 from parley.config import VadSettings
 from parley.metrics import DROPPED_FRAMES, FRAMES, TURNS
 from parley.service import Stage
@@ -16,6 +18,7 @@ from services.vad.segmenter import Segmenter, SegmenterConfig, Started, Stopped
 from services.vad.silero import SAMPLE_RATE, WINDOW_MS, SileroModel, SileroStream
 
 log = logging.getLogger("parley.vad")
+tracer = trace.get_tracer("parley.vad")
 
 _REASONS = {
     "silence": vad_pb2.SpeechStopped.SILENCE,
@@ -103,21 +106,34 @@ class VadSession(StageSession):
             event = vad_pb2.VadEvent(
                 speech_started=vad_pb2.SpeechStarted(start_ms=decision.start_ms)
             )
-        else:
-            log.info(
-                "turn %d: speech stopped at %.0f ms (%s)",
-                self.turn_id,
-                decision.end_ms,
-                decision.reason,
+            await self.publish("vad", event, turn_id=self.turn_id)
+            return
+        log.info(
+            "turn %d: speech stopped at %.0f ms (%s)",
+            self.turn_id,
+            decision.end_ms,
+            decision.reason,
+        )
+        event = vad_pb2.VadEvent(
+            speech_stopped=vad_pb2.SpeechStopped(
+                start_ms=decision.start_ms,
+                end_ms=decision.end_ms,
+                reason=_REASONS[decision.reason],
             )
-            event = vad_pb2.VadEvent(
-                speech_stopped=vad_pb2.SpeechStopped(
-                    start_ms=decision.start_ms,
-                    end_ms=decision.end_ms,
-                    reason=_REASONS[decision.reason],
-                )
-            )
-        await self.publish("vad", event, turn_id=self.turn_id)
+        )
+        # Published inside the span: asr's transcription becomes its child.
+        with tracer.start_as_current_span(
+            "vad.end_of_turn",
+            attributes={
+                "parley.session_id": self.session_id,
+                "parley.turn_id": self.turn_id,
+                "parley.speech_start_ms": decision.start_ms,
+                "parley.speech_end_ms": decision.end_ms,
+                "parley.audio_ms": decision.end_ms - decision.start_ms,
+                "parley.reason": decision.reason,
+            },
+        ):
+            await self.publish("vad", event, turn_id=self.turn_id)
 
     async def on_commit(self, meta: common_pb2.Meta) -> None:
         decision = self.segmenter.commit()
