@@ -136,11 +136,35 @@ class TtsSettings(StageSettings):
     chunk_ms: int = Field(100, ge=10, le=1000)
 
 
+class McpServerSettings(Section):
+    """One MCP server whose tools the tools service offers."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    transport: Literal["streamable_http", "sse", "stdio"] = "streamable_http"
+    url: str | None = None
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _target(self) -> McpServerSettings:
+        if self.transport == "stdio" and not self.command:
+            raise ValueError(f"mcp server {self.name}: stdio needs a command")
+        if self.transport != "stdio" and not self.url:
+            raise ValueError(f"mcp server {self.name}: {self.transport} needs a url")
+        return self
+
+
 class ToolsSettings(StageSettings):
     metrics_port: int = Field(9106, ge=0, le=65535)
     health_port: int = Field(50106, ge=0, le=65535)
     timezone: str = "UTC"
     call_timeout_s: float = Field(10.0, gt=0)
+    mcp_servers: list[McpServerSettings] = []
+    # How often an idle MCP connection is checked, so a restarted server is
+    # found again before anyone needs it.
+    mcp_ping_interval_s: float = Field(5.0, gt=0)
 
 
 class GatewaySettings(Section):

@@ -64,5 +64,15 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Third-party chatter drowns the per-turn lines an operator looks for.
-    for noisy in ("nats", "httpx", "httpcore", "websockets", "faster_whisper", "piper"):
+    for noisy in (
+        "nats",
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "httpcore2",
+        "websockets",
+        "faster_whisper",
+        "piper",
+        "mcp",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -98,6 +98,12 @@ class Playback:
             item = self._queue[0]
             if isinstance(item, _End):
                 self._queue.popleft()
+                # The response has ended when the listener has heard it, not
+                # when its last frame left: wait out the lead.
+                if item.response_id == self.response_id and self._started_at:
+                    left = self._sent_ms - (time.monotonic() - self._started_at) * 1000
+                    if left > 0:
+                        await asyncio.sleep(left / 1000)
                 await self._on_end(item.response_id)
                 continue
             if item.response_id != self.response_id:

@@ -203,6 +203,9 @@ class LlmSession(StageSession):
                         STAGE_SECONDS.labels("llm", "first_sentence").observe(
                             time.monotonic() - started
                         )
+                    span.add_event(
+                        "sentence", {"parley.index": sentences, "parley.chars": len(piece)}
+                    )
                     await self.publish(
                         "llm",
                         llm_pb2.LlmEvent(sentence=llm_pb2.Sentence(index=sentences, text=piece)),

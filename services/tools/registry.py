@@ -50,19 +50,36 @@ class Tool:
                 raise ToolError(f"{self.name}: argument {key!r} must be a {spec['type']}")
 
 
+ToolSource = Callable[[set[str]], list[Tool]]
+
+
 class ToolRegistry:
+    """Built-in tools plus dynamic sources (MCP servers); a source is told the
+    names already taken so it can keep its own unambiguous."""
+
     def __init__(self) -> None:
         self.tools: dict[str, Tool] = {}
+        self.sources: list[ToolSource] = []
 
     def add(self, tool: Tool) -> None:
         self.tools[tool.name] = tool
 
+    def add_source(self, source: ToolSource) -> None:
+        self.sources.append(source)
+
+    def all(self) -> dict[str, Tool]:
+        merged = dict(self.tools)
+        for source in self.sources:
+            for tool in source(set(merged)):
+                merged.setdefault(tool.name, tool)
+        return merged
+
     def describe(self) -> list[Tool]:
-        return list(self.tools.values())
+        return list(self.all().values())
 
     async def call(self, name: str, arguments_json: str, timeout_s: float) -> str:
         """Run a tool; every failure becomes a ToolError with a clear message."""
-        tool = self.tools.get(name)
+        tool = self.all().get(name)
         if tool is None:
             raise ToolError(f"unknown tool: {name}")
         try:

@@ -19,6 +19,7 @@ from parley.session import StageSession
 from parley.tracing import extract_context
 from parley.v1 import common_pb2, tools_pb2
 from services.tools.builtin import builtin_registry
+from services.tools.mcp_hub import McpHub
 from services.tools.registry import ToolError
 
 log = logging.getLogger("parley.tools")
@@ -29,7 +30,14 @@ class ToolsStage(Stage):
     name = "tools"
 
     async def load(self) -> None:
-        self.registry = builtin_registry(self.settings.tools.timezone)
+        cfg = self.settings.tools
+        self.registry = builtin_registry(cfg.timezone)
+        self.hub = McpHub(cfg.mcp_servers, cfg.mcp_ping_interval_s)
+        self.registry.add_source(self.hub.tools)
+        await self.hub.start()
+
+    async def close(self) -> None:
+        await self.hub.stop()
 
     async def start(self) -> None:
         # Raw subscriptions: a request that cannot be decoded still gets a reply,

@@ -91,6 +91,7 @@ async def test_one_turn_is_one_trace_across_all_services(traced) -> None:
     assert parent_of("gateway.first_audio_sent") == "tts.synthesize"
     generate = by_name["llm.generate"][0]
     assert {e["name"] for e in generate["events"]} >= {"first_token", "first_sentence"}
+    assert [e["name"] for e in generate["events"]].count("sentence") == 2
     attributes = transcribe[0]["attributes"]
     assert attributes["parley.turn_id"] == 1 and attributes["parley.audio_ms"] > 500
     assert attributes["parley.session_id"] and attributes["parley.model"]

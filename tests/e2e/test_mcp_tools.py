@@ -1,0 +1,191 @@
+"""The tools service as an MCP hub: real MCP servers built with the `mcp` SDK
+(streamable HTTP and stdio), an llm driven by a scripted OpenAI-compatible
+server, and a spoken request that switches a light on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import nats
+import pytest
+from mcp import Client
+
+from parley.bus import TOOLS_CALL, TOOLS_LIST
+from parley.v1 import tools_pb2
+from tests.e2e.harness import REPO, Process, free_port, spawn, start_stack
+from tests.e2e.test_pipeline import ask
+from tests.support.client import ParleyClient
+from tests.support.openai_stub import OpenAIStub, tool_call_deltas
+
+pytestmark = pytest.mark.slow
+
+
+async def start_mcp_server(workdir, port: int) -> Process:
+    return await spawn(
+        "mcp-school",
+        [
+            sys.executable,
+            "-m",
+            "tests.support.mcp_server",
+            "--transport",
+            "streamable-http",
+            "--port",
+            str(port),
+            "--name",
+            "school",
+        ],
+        workdir / f"mcp-{port}.log",
+        {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        "Uvicorn running",
+    )
+
+
+@pytest.fixture(scope="module")
+async def hub(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("mcp")
+    port = free_port()
+    school = await start_mcp_server(work, port)
+    servers = [
+        {
+            "name": "school",
+            "transport": "streamable_http",
+            "url": f"http://127.0.0.1:{port}/mcp",
+            "timeout_s": 2,
+        },
+        {
+            "name": "home",
+            "transport": "stdio",
+            "command": sys.executable,
+            "args": ["-m", "tests.support.mcp_server", "--name", "home"],
+            "env": {"PYTHONPATH": str(REPO)},
+        },
+        {
+            "name": "ghost",
+            "transport": "streamable_http",
+            "url": f"http://127.0.0.1:{free_port()}/mcp",
+        },
+    ]
+    async with OpenAIStub() as stub:
+        async with start_stack(
+            work,
+            env={
+                "PARLEY_TOOLS__MCP_SERVERS": json.dumps(servers),
+                "PARLEY_TOOLS__MCP_PING_INTERVAL_S": "1",
+                "PARLEY_LLM__PROVIDER": "openai",
+                "PARLEY_LLM__BASE_URL": stub.base_url,
+            },
+        ) as stack:
+            nc = await nats.connect(stack.nats_url)
+            state = {"school": school, "port": port, "work": work}
+            yield stack, stub, nc, state
+            await nc.close()
+    await stack.stop(state["school"])
+
+
+async def tool_names(nc) -> set[str]:
+    raw = await nc.request(TOOLS_LIST, tools_pb2.ToolListRequest().SerializeToString(), timeout=5)
+    return {t.name for t in tools_pb2.ToolListReply.FromString(raw.data).tools}
+
+
+async def call(nc, name: str, arguments: dict) -> tools_pb2.ToolCallReply:
+    request = tools_pb2.ToolCallRequest(
+        call_id="t", name=name, arguments_json=json.dumps(arguments)
+    )
+    raw = await nc.request(TOOLS_CALL, request.SerializeToString(), timeout=15)
+    return tools_pb2.ToolCallReply.FromString(raw.data)
+
+
+async def test_servers_tools_are_listed_and_namespaced(hub) -> None:
+    _, _, nc, _ = hub
+    names = await tool_names(nc)
+    # Both servers offer the same tools: each keeps its own under its prefix.
+    assert {
+        "school_set_light",
+        "home_set_light",
+        "school_get_exam_question",
+        "home_get_exam_question",
+        "get_current_time",
+    } <= names
+    assert not any(n.startswith("ghost_") for n in names)
+    reply = await call(nc, "home_get_exam_question", {"subject": "history"})
+    assert reply.ok and "1989" in reply.content
+
+
+async def test_spoken_request_switches_the_light_on(hub) -> None:
+    stack, stub, _, state = hub
+    stub.chat_queue = [
+        tool_call_deltas([("call_l", "school_set_light", '{"room": "kitchen", "on": true}')]),
+        ["Done, the kitchen light is on."],
+    ]
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        asked = len(stub.requests)
+        turn = await ask(client, "Please switch on the light in the kitchen.")
+        assert "kitchen" in turn["transcript"].lower()
+        assert turn["text"] == "Done, the kitchen light is on."
+        assert client.audio
+        result = [m for m in stub.requests[asked + 1]["json"]["messages"] if m["role"] == "tool"]
+        assert result[0]["content"] == "The kitchen light is now on."
+    finally:
+        await client.close()
+    async with Client(f"http://127.0.0.1:{state['port']}/mcp") as direct:
+        status = await direct.call_tool("light_status", {})
+    assert json.loads(status.content[0].text) == {"kitchen": True}
+
+
+async def test_a_hanging_tool_and_a_dead_server_give_spoken_apologies(hub) -> None:
+    stack, stub, nc, state = hub
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        stub.chat_queue = [
+            tool_call_deltas([("call_s", "school_slow_lookup", '{"query": "anything"}')]),
+            ["Sorry, that lookup took too long."],
+        ]
+        asked = len(stub.requests)
+        await client.send_json({"type": "text_input", "text": "Look something up."})
+        ended = await client.wait_for("response_end", timeout=30)
+        assert ended["text"] == "Sorry, that lookup took too long."
+        tool_result = stub.requests[asked + 1]["json"]["messages"][-1]["content"]
+        assert tool_result.startswith("Error:") and "timed out" in tool_result
+        await client.wait_for("tts_end", response_id=ended["response_id"], timeout=30)
+
+        # The school server goes down: the call fails into words, not silence.
+        await stack.stop(state["school"])
+        stub.chat_queue = [
+            tool_call_deltas([("call_d", "school_set_light", '{"room": "hall", "on": true}')]),
+            ["Sorry, I cannot reach the lights right now."],
+        ]
+        mark = len(client.events)
+        asked = len(stub.requests)
+        await client.send_json({"type": "text_input", "text": "Switch on the hall light."})
+        started = await client.wait_for("response_start", after=mark, timeout=30)
+        ended = await client.wait_for(
+            "response_end", after=mark, response_id=started["response_id"], timeout=30
+        )
+        assert ended["status"] == "completed"
+        tool_result = stub.requests[asked + 1]["json"]["messages"][-1]["content"]
+        assert tool_result.startswith("Error:"), tool_result
+
+        # It comes back: the hub reconnects and its tools return.
+        state["school"] = await start_mcp_server(state["work"], state["port"])
+        async with asyncio.timeout(20):
+            while "school_set_light" not in await tool_names(nc):
+                await asyncio.sleep(0.5)
+        reply = await call(nc, "school_set_light", {"room": "hall", "on": False})
+        assert reply.ok, reply.error
+    finally:
+        await client.close()
+
+
+async def test_tool_list_follows_the_servers_changes(hub) -> None:
+    _, _, nc, _ = hub
+    assert "get_weather" not in await tool_names(nc)
+    reply = await call(nc, "home_add_weather_tool", {})
+    assert reply.ok
+    async with asyncio.timeout(10):
+        while "get_weather" not in await tool_names(nc):
+            await asyncio.sleep(0.3)
+    reply = await call(nc, "get_weather", {"city": "Lyon"})
+    assert reply.ok and "Lyon" in reply.content
