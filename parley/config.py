@@ -72,6 +72,8 @@ class VadSettings(StageSettings):
     silence_ms: int = Field(500, ge=200, le=3000)
     max_utterance_ms: int = Field(30000, ge=1000, le=120000)
     speech_pad_ms: int = Field(300, ge=0, le=2000)
+    # A pause this long is announced so the answer can start early (0: off).
+    early_pause_ms: int = Field(250, ge=0, le=2000)
     stats_interval_ms: int = Field(100, ge=20, le=5000)
 
 

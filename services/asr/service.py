@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from opentelemetry import trace
 
@@ -68,7 +69,8 @@ class AsrSession(StageSession):
         self.asr = stage
         cfg = stage.settings
         self.ring = AudioRing(cfg.vad.max_utterance_ms + cfg.asr.pre_roll_ms + 5000)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._at_pause: tuple[tuple[float, float], asyncio.Task[Any]] | None = None
 
     async def start(self) -> None:
         await super().start()
@@ -85,18 +87,45 @@ class AsrSession(StageSession):
             self.ring.append(chunk.offset_ms, chunk.pcm)
 
     async def _on_vad(self, event: vad_pb2.VadEvent) -> None:
-        if event.WhichOneof("event") != "speech_stopped":
-            return
-        stopped = event.speech_stopped
-        start = stopped.start_ms - self.asr.settings.asr.pre_roll_ms
-        end = stopped.end_ms + TAIL_MS
-        # The VAD decided after hearing silence_ms more audio, so the tail is here.
-        pcm = self.ring.slice(start, min(end, self.ring.end_ms))
-        task = asyncio.create_task(self._transcribe(event.meta.turn_id, stopped, pcm))
+        kind = event.WhichOneof("event")
+        turn_id = event.meta.turn_id
+        if kind == "speech_paused":
+            span = (event.speech_paused.start_ms, event.speech_paused.end_ms)
+            # Transcribed now, while the user is silent anyway; if the turn
+            # ends at this same point, the final transcript is ready at once.
+            self._at_pause = (span, self._spawn(self._recognize(turn_id, *span, at_pause=True)))
+        elif kind == "speech_stopped":
+            stopped = event.speech_stopped
+            span = (stopped.start_ms, stopped.end_ms)
+            early = self._at_pause
+            self._at_pause = None
+            if early is not None and early[0] == span:
+                self._spawn(self._finish_from_pause(turn_id, early[1]))
+            else:
+                self._spawn(self._recognize(turn_id, *span, at_pause=False))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _transcribe(self, turn_id: int, stopped: vad_pb2.SpeechStopped, pcm: bytes) -> None:
+    async def _finish_from_pause(self, turn_id: int, early: asyncio.Task[Any]) -> None:
+        transcript = await early
+        if transcript is None:
+            return
+        final = asr_pb2.Transcript()
+        final.CopyFrom(transcript)
+        final.final = True
+        final.at_pause = False
+        await self.publish("asr", final, turn_id=turn_id)
+
+    async def _recognize(
+        self, turn_id: int, start_ms: float, end_ms: float, at_pause: bool
+    ) -> asr_pb2.Transcript | None:
+        pre_roll = self.asr.settings.asr.pre_roll_ms
+        # The VAD decided after hearing more audio, so the tail is here.
+        pcm = self.ring.slice(start_ms - pre_roll, min(end_ms + TAIL_MS, self.ring.end_ms))
         language = setting(self.settings, "language", self.asr.settings.asr.language) or None
         with tracer.start_as_current_span(
             "asr.transcribe",
@@ -105,36 +134,46 @@ class AsrSession(StageSession):
                 "parley.turn_id": turn_id,
                 "parley.audio_ms": len(pcm) / BYTES_PER_MS,
                 "parley.model": self.asr.transcriber.name,
+                "parley.at_pause": at_pause,
             },
         ):
-            await self.publish_processing("transcribing", turn_id=turn_id)
+            if not at_pause:
+                await self.publish_processing("transcribing", turn_id=turn_id)
             try:
                 result = await self.asr.transcriber.transcribe(pcm, RATE, language)
             except ProviderError as exc:
                 await self.publish_error(
                     exc.code, f"transcription failed: {exc.message}", turn_id=turn_id
                 )
-                return
+                return None
             except Exception as exc:
                 log.exception("transcription failed")
                 await self.publish_error(
                     "provider_error", f"transcription failed: {exc}", turn_id=turn_id
                 )
-                return
+                return None
             STAGE_SECONDS.labels("asr", "transcribe").observe(result.processing_ms / 1000)
             if result.audio_ms > 0:
                 REAL_TIME_FACTOR.labels("asr").observe(result.processing_ms / result.audio_ms)
-            log.info("turn %d transcript (%.0f ms): %r", turn_id, result.processing_ms, result.text)
+            log.info(
+                "turn %d %s (%.0f ms): %r",
+                turn_id,
+                "transcript at pause" if at_pause else "transcript",
+                result.processing_ms,
+                result.text,
+            )
             transcript = asr_pb2.Transcript(
                 text=result.text,
-                final=True,
-                start_ms=stopped.start_ms,
-                end_ms=stopped.end_ms,
+                final=not at_pause,
+                at_pause=at_pause,
+                start_ms=start_ms,
+                end_ms=end_ms,
                 language=result.language or "",
                 processing_ms=result.processing_ms,
             )
             # Inside the span: the llm's answer becomes its child.
             await self.publish("asr", transcript, turn_id=turn_id)
+            return transcript
 
     async def on_close(self) -> None:
         for task in self._tasks:

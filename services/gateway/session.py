@@ -78,6 +78,7 @@ SETTINGS_FIELDS: dict[str, type] = {
     "system_prompt": str,
     "voice": str,
     "vad_stats": bool,
+    "early_answer": bool,
 }
 _RANGES = {
     "vad_threshold": (0.01, 0.99),
@@ -124,6 +125,7 @@ def settings_to_json(settings: common_pb2.Settings, defaults: ParleySettings) ->
         "system_prompt": setting(settings, "system_prompt", d.llm.system_prompt),
         "voice": setting(settings, "voice", ""),
         "vad_stats": setting(settings, "vad_stats", False),
+        "early_answer": setting(settings, "early_answer", True),
     }
 
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from parley.bus import TOOLS_CALL, TOOLS_LIST
@@ -33,12 +34,25 @@ TOOLS_LIST_TIMEOUT_S = 1.0
 
 
 class _Generation:
-    def __init__(self, response_id: str, turn_id: int) -> None:
+    def __init__(self, response_id: str, turn_id: int, input_text: str, speculative: bool) -> None:
         self.response_id = response_id
         self.turn_id = turn_id
+        self.input_text = input_text
         self.text = ""
         self.task: asyncio.Task[None] | None = None
         self.heard_text: str | None = None
+        # Speculative: started at a pause, before the turn is known to be over.
+        # Its events are held back and its tools wait until the final
+        # transcript confirms it (commit), or it is dropped without a trace.
+        self.speculative = speculative
+        # With the trace context each was made in, so the trace stays whole.
+        self.held: list[tuple[llm_pb2.LlmEvent, otel_context.Context]] = []
+        self.committed = asyncio.Event()
+        self.failed = False
+        self.user_added = False
+        self.lock = asyncio.Lock()
+        if not speculative:
+            self.committed.set()
 
 
 class LlmSession(StageSession):
@@ -78,8 +92,58 @@ class LlmSession(StageSession):
             self.conversation.system_prompt = self.settings.system_prompt
 
     async def _on_transcript(self, transcript: asr_pb2.Transcript) -> None:
-        if transcript.final and transcript.text.strip():
-            await self._respond(transcript.meta.turn_id, transcript.text.strip())
+        text = transcript.text.strip()
+        turn_id = transcript.meta.turn_id
+        if not text:
+            return
+        if transcript.at_pause:
+            if setting(self.settings, "early_answer", True):
+                await self._respond(turn_id, text, speculative=True)
+            return
+        if not transcript.final:
+            return
+        gen = self.current
+        if (
+            gen is not None
+            and gen.speculative
+            and not gen.failed
+            and gen.turn_id == turn_id
+            and gen.input_text == text
+            and gen.task is not None
+            and not gen.task.done()
+        ):
+            await self._commit(gen)
+            return
+        await self._respond(turn_id, text)
+
+    async def _commit(self, gen: _Generation) -> None:
+        """The turn ended where the early answer began: let it out."""
+        async with gen.lock:
+            gen.speculative = False
+            self._add_user(gen)
+            for event, context in gen.held:
+                token = otel_context.attach(context)
+                try:
+                    await self.publish(
+                        "llm", event, turn_id=gen.turn_id, response_id=gen.response_id
+                    )
+                finally:
+                    otel_context.detach(token)
+            gen.held.clear()
+            gen.committed.set()
+        log.info("early answer %s committed", gen.response_id)
+
+    def _add_user(self, gen: _Generation) -> None:
+        if not gen.user_added:
+            gen.user_added = True
+            self.conversation.add_user(gen.input_text)
+
+    async def _out(self, gen: _Generation, event: llm_pb2.LlmEvent) -> None:
+        async with gen.lock:
+            if gen.speculative:
+                gen.held.append((event, otel_context.get_current()))
+                return
+            await self.publish("llm", event, turn_id=gen.turn_id, response_id=gen.response_id)
 
     async def on_user_text(self, text: str, meta: common_pb2.Meta) -> None:
         await self._respond(meta.turn_id, text)
@@ -98,10 +162,10 @@ class LlmSession(StageSession):
             with contextlib.suppress(asyncio.CancelledError):
                 await gen.task
 
-    async def _respond(self, turn_id: int, text: str) -> None:
+    async def _respond(self, turn_id: int, text: str, speculative: bool = False) -> None:
         if self.current is not None:
             await self._stop(self.current)
-        gen = _Generation(uuid.uuid4().hex[:16], turn_id)
+        gen = _Generation(uuid.uuid4().hex[:16], turn_id, text, speculative)
         self.current = gen
         gen.task = asyncio.create_task(self._generate(gen, text))
 
@@ -171,7 +235,8 @@ class LlmSession(StageSession):
         cfg = self.llm.settings.llm
         model = self.llm.model
         rid, turn_id = gen.response_id, gen.turn_id
-        self.conversation.add_user(user_text)
+        if not gen.speculative:
+            self._add_user(gen)
         splitter = SentenceSplitter()
         sentences = 0
         status = llm_pb2.ResponseEnded.COMPLETED
@@ -186,13 +251,11 @@ class LlmSession(StageSession):
                 "parley.model": model.name,
             },
         ) as span:
-            await self.publish(
-                "llm",
+            await self._out(
+                gen,
                 llm_pb2.LlmEvent(
                     started=llm_pb2.ResponseStarted(model=model.name, input_text=user_text)
                 ),
-                turn_id=turn_id,
-                response_id=rid,
             )
 
             async def emit(pieces: list[str]) -> None:
@@ -206,11 +269,9 @@ class LlmSession(StageSession):
                     span.add_event(
                         "sentence", {"parley.index": sentences, "parley.chars": len(piece)}
                     )
-                    await self.publish(
-                        "llm",
+                    await self._out(
+                        gen,
                         llm_pb2.LlmEvent(sentence=llm_pb2.Sentence(index=sentences, text=piece)),
-                        turn_id=turn_id,
-                        response_id=rid,
                     )
                     sentences += 1
 
@@ -226,8 +287,11 @@ class LlmSession(StageSession):
                     round_text = ""
                     # The last round offers no tools: the model must answer in words.
                     offered = tools if round_no < cfg.max_tool_rounds else None
+                    messages = self.conversation.messages()
+                    if not gen.user_added:
+                        messages.append({"role": "user", "content": user_text})
                     stream = model.stream(
-                        self.conversation.messages(),
+                        messages,
                         max_tokens=cfg.max_tokens,
                         temperature=cfg.temperature,
                         tools=offered,
@@ -244,11 +308,8 @@ class LlmSession(StageSession):
                                 )
                             gen.text += item
                             round_text += item
-                            await self.publish(
-                                "llm",
-                                llm_pb2.LlmEvent(delta=llm_pb2.TextDelta(text=item)),
-                                turn_id=turn_id,
-                                response_id=rid,
+                            await self._out(
+                                gen, llm_pb2.LlmEvent(delta=llm_pb2.TextDelta(text=item))
                             )
                             await emit(splitter.push(item))
                     finally:
@@ -256,6 +317,8 @@ class LlmSession(StageSession):
                     if not calls:
                         break
                     await emit(splitter.push("\n"))
+                    # Tools act on the world: never on a guess about the turn.
+                    await gen.committed.wait()
                     span.add_event("tool_calls", {"parley.tools": [c.name for c in calls]})
                     waiting = asyncio.create_task(filler())
                     try:
@@ -271,6 +334,10 @@ class LlmSession(StageSession):
             except ProviderError as exc:
                 status = llm_pb2.ResponseEnded.FAILED
                 error = exc.message
+                gen.failed = True
+                if gen.speculative:
+                    # Nobody has seen this answer: try again on the final transcript.
+                    return
                 await self.publish_error(
                     exc.code,
                     f"the language model failed: {exc.message}",
@@ -281,6 +348,9 @@ class LlmSession(StageSession):
                 log.exception("generation failed")
                 status = llm_pb2.ResponseEnded.FAILED
                 error = str(exc)
+                gen.failed = True
+                if gen.speculative:
+                    return
                 await self.publish_error(
                     "provider_error",
                     f"the language model failed: {exc}",
@@ -289,6 +359,16 @@ class LlmSession(StageSession):
                 )
             span.set_attribute("parley.sentences", sentences)
 
+        if gen.speculative and status == llm_pb2.ResponseEnded.COMPLETED:
+            # Ready before the turn is known to be over: wait for the verdict.
+            try:
+                await gen.committed.wait()
+            except asyncio.CancelledError:
+                pass
+        if gen.speculative:
+            # Never confirmed: it leaves no trace, in the history or elsewhere.
+            log.info("early answer %s dropped", rid)
+            return
         if status == llm_pb2.ResponseEnded.CANCELLED:
             # The history keeps what the user heard, so the next answer knows it.
             heard = gen.heard_text if gen.heard_text is not None else gen.text
@@ -298,15 +378,13 @@ class LlmSession(StageSession):
             self.conversation.add_assistant(gen.text.strip())
         log.info("response %s %s: %r", rid, llm_pb2.ResponseEnded.Status.Name(status), gen.text)
         await asyncio.shield(
-            self.publish(
-                "llm",
+            self._out(
+                gen,
                 llm_pb2.LlmEvent(
                     ended=llm_pb2.ResponseEnded(
                         status=status, text=gen.text, sentences=sentences, error=error
                     )
                 ),
-                turn_id=turn_id,
-                response_id=rid,
             )
         )
 

@@ -16,6 +16,9 @@ class SegmenterConfig:
     min_speech_ms: float = 250
     silence_ms: float = 500
     max_utterance_ms: float = 30000
+    # A pause this long (shorter than silence_ms) is announced, so the answer
+    # can be prepared before the turn is known to be over; 0 turns it off.
+    early_pause_ms: float = 250
 
 
 @dataclass
@@ -30,7 +33,15 @@ class Stopped:
     reason: str  # "silence" | "max_utterance" | "commit"
 
 
-Decision = Started | Stopped
+@dataclass
+class Paused:
+    """The user paused: maybe the end of the turn, maybe not."""
+
+    start_ms: float
+    end_ms: float
+
+
+Decision = Started | Stopped | Paused
 
 
 class Segmenter:
@@ -43,6 +54,7 @@ class Segmenter:
         self._voiced_ms = 0.0
         self._start_ms = 0.0
         self._silence_since: float | None = None
+        self._pause_announced = False
 
     @property
     def neg_threshold(self) -> float:
@@ -76,8 +88,13 @@ class Segmenter:
         if probability < self.neg_threshold:
             if self._silence_since is None:
                 self._silence_since = at
-            if at + self.window_ms - self._silence_since >= cfg.silence_ms:
+                self._pause_announced = False
+            silent = at + self.window_ms - self._silence_since
+            if silent >= cfg.silence_ms:
                 return self._stop(self._silence_since, "silence")
+            if cfg.early_pause_ms and silent >= cfg.early_pause_ms and not self._pause_announced:
+                self._pause_announced = True
+                return Paused(self._start_ms, self._silence_since)
         elif probability >= cfg.threshold:
             self._silence_since = None
         if self.position_ms - self._start_ms >= cfg.max_utterance_ms:

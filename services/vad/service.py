@@ -14,7 +14,13 @@ from parley.metrics import DROPPED_FRAMES, FRAMES, TURNS
 from parley.service import Stage
 from parley.session import StageSession, setting
 from parley.v1 import audio_pb2, common_pb2, control_pb2, vad_pb2
-from services.vad.segmenter import Segmenter, SegmenterConfig, Started, Stopped
+from services.vad.segmenter import (
+    Decision,
+    Paused,
+    Segmenter,
+    SegmenterConfig,
+    Started,
+)
 from services.vad.silero import SAMPLE_RATE, WINDOW_MS, SileroModel, SileroStream
 
 log = logging.getLogger("parley.vad")
@@ -53,6 +59,7 @@ class VadSession(StageSession):
             min_speech_ms=setting(s, "min_speech_ms", d.min_speech_ms),
             silence_ms=setting(s, "silence_ms", d.silence_ms),
             max_utterance_ms=setting(s, "max_utterance_ms", d.max_utterance_ms),
+            early_pause_ms=d.early_pause_ms if setting(s, "early_answer", True) else 0,
         )
 
     async def start(self) -> None:
@@ -98,7 +105,24 @@ class VadSession(StageSession):
         )
         await self.publish("vad", vad_pb2.VadEvent(stats=stats), turn_id=self.turn_id)
 
-    async def _announce(self, decision: Started | Stopped) -> None:
+    async def _announce(self, decision: Decision) -> None:
+        if isinstance(decision, Paused):
+            event = vad_pb2.VadEvent(
+                speech_paused=vad_pb2.SpeechPaused(
+                    start_ms=decision.start_ms, end_ms=decision.end_ms
+                )
+            )
+            # The early transcription, and maybe the answer, grow from here.
+            with tracer.start_as_current_span(
+                "vad.pause",
+                attributes={
+                    "parley.session_id": self.session_id,
+                    "parley.turn_id": self.turn_id,
+                    "parley.speech_end_ms": decision.end_ms,
+                },
+            ):
+                await self.publish("vad", event, turn_id=self.turn_id)
+            return
         if isinstance(decision, Started):
             self.turn_id += 1
             TURNS.labels("vad").inc()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from services.vad.segmenter import Segmenter, SegmenterConfig, Started, Stopped
+from services.vad.segmenter import Paused, Segmenter, SegmenterConfig, Started, Stopped
 from services.vad.silero import WINDOW_MS, SileroModel
 from tests.support.speech import synthesize_speech, with_silence
 
@@ -15,7 +15,9 @@ def model() -> SileroModel:
     return SileroModel()
 
 
-def run(model: SileroModel, pcm: bytes, config: SegmenterConfig) -> list[Started | Stopped]:
+def run(
+    model: SileroModel, pcm: bytes, config: SegmenterConfig, pauses: bool = False
+) -> list[Started | Stopped | Paused]:
     stream = model.stream()
     segmenter = Segmenter(config, WINDOW_MS)
     decisions = []
@@ -23,7 +25,7 @@ def run(model: SileroModel, pcm: bytes, config: SegmenterConfig) -> list[Started
     for i in range(0, len(pcm), 640):
         for probability, _ in stream.push(pcm[i : i + 640]):
             decision = segmenter.push(probability)
-            if decision is not None:
+            if decision is not None and (pauses or not isinstance(decision, Paused)):
                 decisions.append(decision)
     return decisions
 
@@ -71,3 +73,19 @@ def test_max_utterance_forces_the_end(model: SileroModel) -> None:
     stops = [d for d in decisions if isinstance(d, Stopped)]
     assert stops[0].reason == "max_utterance"
     assert stops[0].end_ms - stops[0].start_ms <= 1600
+
+
+def test_a_pause_is_announced_before_the_turn_ends(model: SileroModel) -> None:
+    a = synthesize_speech("I would like to know")
+    b = synthesize_speech("the time in Tokyo please.")
+    pcm = with_silence(a + bytes(int(RATE * 2 * 0.4)) + b, RATE, 300, 1500)
+    config = SegmenterConfig(silence_ms=800, early_pause_ms=250)
+    decisions = run(model, pcm, config, pauses=True)
+    assert [type(d) for d in decisions] == [Started, Paused, Paused, Stopped]
+    mid, last, stop = decisions[1], decisions[2], decisions[3]
+    assert mid.end_ms < last.end_ms
+    # The last pause and the end of the turn agree on where speech ended.
+    assert last.end_ms == stop.end_ms and last.start_ms == stop.start_ms
+    assert run(model, pcm, SegmenterConfig(silence_ms=800, early_pause_ms=0), pauses=True) == [
+        d for d in decisions if not isinstance(d, Paused)
+    ]
