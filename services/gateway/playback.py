@@ -46,6 +46,9 @@ class Playback:
         self._started_at = 0.0  # monotonic time its first frame was sent
         self._sent_ms = 0.0
         self._ended = True
+        self._paused_at = 0.0  # while deciding whether the user is interrupting
+        self._resumed = asyncio.Event()
+        self._resumed.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -71,7 +74,8 @@ class Playback:
         """What the listener has heard of the response, by the pacing clock."""
         if response_id != self.response_id or not self._started_at:
             return 0.0
-        return min(self._sent_ms, (time.monotonic() - self._started_at) * 1000)
+        now = self._paused_at or time.monotonic()
+        return min(self._sent_ms, (now - self._started_at) * 1000)
 
     def playing(self) -> bool:
         """True while audio is queued or the listener's buffer still holds some."""
@@ -81,7 +85,25 @@ class Playback:
             return False
         return (time.monotonic() - self._started_at) * 1000 < self._sent_ms
 
+    def pause(self) -> None:
+        """Stop sending, keeping what is queued; the pacing clock stops too."""
+        if not self._paused_at:
+            self._paused_at = time.monotonic()
+            self._resumed.clear()
+
+    def resume(self) -> None:
+        if self._paused_at:
+            if self._started_at:
+                self._started_at += time.monotonic() - self._paused_at
+            self._paused_at = 0.0
+            self._resumed.set()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._paused_at)
+
     def flush(self) -> None:
+        self.resume()
         self._queue.clear()
         self._started_at = 0.0
         self._sent_ms = 0.0
@@ -91,6 +113,7 @@ class Playback:
         frame_bytes = int(FRAME_MS * self.bytes_per_ms)
         frame_bytes -= frame_bytes % 2
         while True:
+            await self._resumed.wait()
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()

@@ -6,6 +6,7 @@ its methods and receive client-facing events through a ClientSink."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -183,6 +184,8 @@ class GatewaySession:
         self._listen_span: trace.Span | None = None
         self.turn_spans: dict[int, trace.Span] = {}
         self._audio_out_context: dict[str, otel_context.Context] = {}
+        self._interrupt_check: asyncio.Task[None] | None = None
+        self._speech_turn = 0
 
     # --- lifecycle ----------------------------------------------------------
     async def open(self, settings: common_pb2.Settings | None = None) -> list[PlacementError]:
@@ -378,6 +381,37 @@ class GatewaySession:
             return False
         return not resp.text_done or self.playback.playing()
 
+    async def _maybe_interrupt(self, start_ms: float) -> None:
+        """Barge-in. With a minimum interrupt duration the answer is paused
+        first, and cut only if the user is still speaking when it has passed;
+        a cough or an "mm-hm" lets it resume where it stopped."""
+        needed = setting(self.settings, "min_interrupt_ms", 0)
+        if needed <= 0:
+            await self._interrupt("user speech")
+            return
+        self.playback.pause()
+        if self._interrupt_check is not None:
+            self._interrupt_check.cancel()
+        self._interrupt_check = asyncio.create_task(
+            self._confirm_interrupt(self._speech_turn, start_ms + needed)
+        )
+
+    async def _confirm_interrupt(self, turn_id: int, until_ms: float) -> None:
+        try:
+            while self.user_speaking and self._in_offset_ms < until_ms:
+                await asyncio.sleep(0.02)
+            if self.user_speaking:
+                await self._interrupt("user speech")
+            else:
+                log.info("turn %d too short to interrupt; the answer resumes", turn_id)
+                await self._control(
+                    control_pb2.Control(
+                        dismiss=control_pb2.DismissTurn(turn_id=turn_id, reason="too short")
+                    )
+                )
+        finally:
+            self.playback.resume()
+
     async def _interrupt(self, reason: str) -> None:
         rid = self.current_response
         if not self.agent_active():
@@ -429,6 +463,7 @@ class GatewaySession:
         turn_id = msg.meta.turn_id
         if kind == "speech_started":
             self.user_speaking = True
+            self._speech_turn = turn_id
             await self.sink.send_event(
                 {
                     "type": "user_speech_start",
@@ -436,8 +471,19 @@ class GatewaySession:
                     "offset_ms": round(msg.speech_started.start_ms, 1),
                 }
             )
-            if setting(self.settings, "barge_in", True):
-                await self._interrupt("user speech")
+            if self.agent_active():
+                if setting(self.settings, "barge_in", True):
+                    await self._maybe_interrupt(msg.speech_started.start_ms)
+                else:
+                    # Half duplex: without barge-in, what is heard while the
+                    # agent speaks (often its own voice) is not a turn.
+                    await self._control(
+                        control_pb2.Control(
+                            dismiss=control_pb2.DismissTurn(
+                                turn_id=turn_id, reason="agent speaking"
+                            )
+                        )
+                    )
         elif kind == "speech_stopped":
             self.user_speaking = False
             stopped = msg.speech_stopped
@@ -462,6 +508,10 @@ class GatewaySession:
                     "reason": _STOP_REASON.get(stopped.reason, "silence"),
                 }
             )
+        elif kind == "speech_paused":
+            # Not the end of the turn, but enough to know a would-be
+            # interruption was short.
+            self.user_speaking = False
         elif kind == "stats":
             s = msg.stats
             await self.sink.send_event(

@@ -73,6 +73,7 @@ class LlmSession(StageSession):
             max_turns=cfg.max_history_turns,
         )
         self.current: _Generation | None = None
+        self._dismissed: set[int] = set()
         self._tools_cache: tuple[float, list[dict[str, Any]] | None] | None = None
 
     async def start(self) -> None:
@@ -94,7 +95,7 @@ class LlmSession(StageSession):
     async def _on_transcript(self, transcript: asr_pb2.Transcript) -> None:
         text = transcript.text.strip()
         turn_id = transcript.meta.turn_id
-        if not text:
+        if not text or turn_id in self._dismissed:
             return
         if transcript.at_pause:
             if setting(self.settings, "early_answer", True):
@@ -115,6 +116,12 @@ class LlmSession(StageSession):
             await self._commit(gen)
             return
         await self._respond(turn_id, text)
+
+    async def on_dismiss(self, turn_id: int) -> None:
+        self._dismissed.add(turn_id)
+        gen = self.current
+        if gen is not None and gen.speculative and gen.turn_id == turn_id:
+            await self._stop(gen)
 
     async def _commit(self, gen: _Generation) -> None:
         """The turn ended where the early answer began: let it out."""

@@ -170,3 +170,49 @@ async def test_parallel_calls_and_failing_tools_become_results(remote_stack) -> 
         assert (await ask_typed(client, "Still there?"))["status"] == "completed"
     finally:
         await client.close()
+
+
+async def test_short_sounds_do_not_interrupt_with_a_minimum_interrupt_duration(
+    remote_stack,
+) -> None:
+    stack, stub = remote_stack
+    stub.chat_script = LONG_ANSWER
+    stub.chat_delay_s = 0.02
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        await client.send_json({"type": "settings_update", "settings": {"min_interrupt_ms": 1200}})
+        await client.wait_for("settings_updated", timeout=5)
+        await client.send_json({"type": "text_input", "text": "Tell me a long story."})
+        first = await client.wait_for("tts_start", timeout=30)
+        rid = first["response_id"]
+        await asyncio.sleep(1.0)
+        # A short acknowledgement while the agent speaks: "okay".
+        await client.stream(synthesize_speech("Okay.") + silence(1500))
+        assert not client.of_type("playback_cleared")
+        # The answer resumed and played to its end.
+        ended = await client.wait_for("tts_end", response_id=rid, timeout=60)
+        assert ended["status"] == "completed"
+        assert [e["status"] for e in client.of_type("response_end")] == ["completed"]
+    finally:
+        await client.close()
+
+
+async def test_with_barge_in_off_the_agent_hears_itself_and_goes_on(remote_stack) -> None:
+    stack, stub = remote_stack
+    stub.chat_script = LONG_ANSWER[:18]
+    stub.chat_delay_s = 0.02
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        await client.send_json({"type": "settings_update", "settings": {"barge_in": False}})
+        await client.wait_for("settings_updated", timeout=5)
+        await client.send_json({"type": "text_input", "text": "Talk to me."})
+        first = await client.wait_for("tts_start", timeout=30)
+        await asyncio.sleep(1.0)
+        # No echo cancellation: the device's microphone hears the agent.
+        echo = bytes(client.audio)
+        await client.stream(echo + silence(800))
+        assert not client.of_type("playback_cleared")
+        ended = await client.wait_for("tts_end", response_id=first["response_id"], timeout=60)
+        assert ended["status"] == "completed"
+    finally:
+        await client.close()
