@@ -3,16 +3,22 @@ group `tools`. Not placed: any instance answers any session."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Iterator
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from parley.bus import TOOLS_CALL, TOOLS_LIST
+from parley.bus import TOOLS_CALL, TOOLS_LIST, Bus
+from parley.config import ParleySettings
+from parley.logs import session_id_var
 from parley.metrics import ERRORS, STAGE_SECONDS
 from parley.service import Stage
 from parley.session import StageSession
@@ -25,48 +31,113 @@ from services.tools.registry import ToolError
 log = logging.getLogger("parley.tools")
 tracer = trace.get_tracer("parley.tools")
 
+QUEUE = "tools"
+
+
+def _parse(msg: Message, raw: Msg) -> str | None:
+    """Fill msg from raw; the reason it cannot be read, or None."""
+    try:
+        msg.ParseFromString(raw.data)
+    except (DecodeError, ValueError) as exc:
+        ERRORS.labels("tools", "bad_bus_message").inc()
+        log.warning("malformed request on %s: %s", raw.subject, exc)
+        return f"{exc}" or "cannot decode"
+    return None
+
+
+@contextlib.contextmanager
+def _request_context(raw: Msg, session_id: str) -> Iterator[None]:
+    """The caller's trace and session, for spans and log lines."""
+    token = otel_context.attach(extract_context(raw.headers))
+    session_token = session_id_var.set(session_id or "-")
+    try:
+        yield
+    finally:
+        session_id_var.reset(session_token)
+        otel_context.detach(token)
+
 
 class ToolsStage(Stage):
     name = "tools"
 
+    def __init__(self, settings: ParleySettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+        self._subscriptions: list[Subscription] = []
+        self._calls: set[asyncio.Task[None]] = set()
+
     async def load(self) -> None:
         cfg = self.settings.tools
-        self.registry = builtin_registry(cfg.timezone)
+        try:
+            self.registry = builtin_registry(cfg.timezone)
+        except ToolError as exc:
+            log.error("tools.timezone: %s", exc)
+            raise SystemExit(2) from None
         self.hub = McpHub(cfg.mcp_servers, cfg.mcp_ping_interval_s)
         self.registry.add_source(self.hub.tools)
         await self.hub.start()
 
+    async def start(self) -> None:
+        # Raw subscriptions rather than Bus.subscribe: a request that cannot be
+        # decoded still gets a reply, so the caller learns why instead of
+        # waiting for its timeout.
+        self._subscriptions = [
+            await self.bus.nc.subscribe(TOOLS_LIST, queue=QUEUE, cb=self._on_list),
+            await self.bus.nc.subscribe(TOOLS_CALL, queue=QUEUE, cb=self._on_call),
+        ]
+
     async def close(self) -> None:
+        """Stop taking requests (the queue group's other instances get them),
+        let calls under way answer, then disconnect from MCP servers."""
+        for sub in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subscriptions = []
+        if self._calls:
+            log.info("waiting for %d tool calls", len(self._calls))
+            drain_s = self.stage_settings.drain_timeout_s
+            _, late = await asyncio.wait(set(self._calls), timeout=drain_s)
+            for task in late:
+                task.cancel()
         await self.hub.stop()
 
-    async def start(self) -> None:
-        # Raw subscriptions: a request that cannot be decoded still gets a reply,
-        # so the caller learns why instead of waiting for a timeout.
-        await self.bus.nc.subscribe(TOOLS_LIST, queue="tools", cb=self._on_list)
-        await self.bus.nc.subscribe(TOOLS_CALL, queue="tools", cb=self._on_call)
-
     async def _on_list(self, raw: Msg) -> None:
-        reply = tools_pb2.ToolListReply()
-        for tool in self.registry.describe():
-            reply.tools.add(
-                name=tool.name,
-                description=tool.description,
-                parameters_json=json.dumps(tool.parameters),
-            )
-        await self.bus.reply(raw, reply)
+        request = tools_pb2.ToolListRequest()
+        # The listing depends on nothing in the request: answer even garbage.
+        _parse(request, raw)
+        with _request_context(raw, request.session_id):
+            reply = tools_pb2.ToolListReply()
+            for tool in self.registry.describe():
+                reply.tools.add(
+                    name=tool.name,
+                    description=tool.description,
+                    parameters_json=json.dumps(tool.parameters),
+                )
+            await self.bus.reply(raw, reply)
 
     async def _on_call(self, raw: Msg) -> None:
+        # nats-py runs one subscription's callbacks one after another: a slow
+        # tool would hold up every other call (the llm makes them in parallel).
+        task = asyncio.create_task(self._call(raw))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    def _timeout(self, requested: float) -> float:
+        """The caller's timeout, capped by ours; nonsense means ours."""
+        limit = self.settings.tools.call_timeout_s
+        if not math.isfinite(requested) or requested <= 0:
+            return limit
+        return min(requested, limit)
+
+    async def _call(self, raw: Msg) -> None:
         request = tools_pb2.ToolCallRequest()
-        try:
-            request.ParseFromString(raw.data)
-        except DecodeError as exc:
-            ERRORS.labels("tools", "bad_bus_message").inc()
-            await self.bus.reply(
-                raw, tools_pb2.ToolCallReply(ok=False, error=f"malformed request: {exc}")
+        problem = _parse(request, raw)
+        if problem is not None:
+            await self._reply(
+                raw, tools_pb2.ToolCallReply(ok=False, error=f"malformed request: {problem}")
             )
             return
-        token = otel_context.attach(extract_context(raw.headers))
-        try:
+        with _request_context(raw, request.session_id):
+            reply = tools_pb2.ToolCallReply(call_id=request.call_id)
             with (
                 tracer.start_as_current_span(
                     "tools.call",
@@ -74,27 +145,34 @@ class ToolsStage(Stage):
                         "parley.session_id": request.session_id,
                         "parley.tool": request.name,
                     },
-                ),
+                ) as span,
                 STAGE_SECONDS.labels("tools", "call").time(),
             ):
-                timeout = request.timeout_s or self.settings.tools.call_timeout_s
-                timeout = min(timeout, self.settings.tools.call_timeout_s)
+                timeout = self._timeout(request.timeout_s)
                 try:
-                    content = await self.registry.call(
+                    reply.content = await self.registry.call(
                         request.name, request.arguments_json, timeout
                     )
-                    reply = tools_pb2.ToolCallReply(
-                        call_id=request.call_id, ok=True, content=content
-                    )
+                    reply.ok = True
                 except ToolError as exc:
                     ERRORS.labels("tools", "tool_failed").inc()
                     log.info("tool call failed: %s", exc)
-                    reply = tools_pb2.ToolCallReply(
-                        call_id=request.call_id, ok=False, error=str(exc)
-                    )
+                    reply.error = str(exc)
+                except Exception as exc:  # a bug of ours: still an answer, never silence
+                    ERRORS.labels("tools", "tool_failed").inc()
+                    log.exception("tool call %s crashed", request.name)
+                    reply.error = f"tool {request.name} failed: {exc or type(exc).__name__}"
+                if not reply.ok:
+                    span.set_status(trace.StatusCode.ERROR, reply.error)
+            await self._reply(raw, reply)
+
+    async def _reply(self, raw: Msg, reply: tools_pb2.ToolCallReply) -> None:
+        if not raw.reply:
+            return  # published, not requested: nobody to answer
+        try:
             await self.bus.reply(raw, reply)
-        finally:
-            otel_context.detach(token)
+        except Exception as exc:  # the connection is gone; the caller times out
+            log.warning("cannot reply to a tool call: %s", exc)
 
     def open_session(
         self,
