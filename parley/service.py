@@ -8,7 +8,7 @@ import asyncio
 import logging
 import signal
 import uuid
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
@@ -44,13 +44,19 @@ class Stage(ABC):
     async def start(self) -> None:
         """Start anything beyond placement (request/reply subscriptions)."""
 
-    @abstractmethod
+    # Built as session_class(session_id, stage, settings, on_closed) for each
+    # session placed here; None for a stage that is not placed (tools).
+    session_class: ClassVar[Callable[..., StageSession] | None] = None
+
     def open_session(
         self,
         session_id: str,
         settings: common_pb2.Settings,
         on_closed: Callable[[str], Awaitable[None]],
-    ) -> StageSession: ...
+    ) -> StageSession:
+        if self.session_class is None:
+            raise NotImplementedError(f"the {self.name} service is not placed per session")
+        return self.session_class(session_id, self, settings, on_closed)
 
     async def close(self) -> None:
         pass

@@ -182,6 +182,7 @@ class AsrSession(StageSession):
 
 class AsrStage(Stage):
     name = "asr"
+    session_class = AsrSession
 
     async def load(self) -> None:
         cfg = self.settings.asr
@@ -203,14 +204,6 @@ class AsrStage(Stage):
                 language=cfg.language,
             )
         await self.transcriber.load()
-
-    def open_session(
-        self,
-        session_id: str,
-        settings: common_pb2.Settings,
-        on_closed: Callable[[str], Awaitable[None]],
-    ) -> StageSession:
-        return AsrSession(session_id, self, settings, on_closed)
 
     async def close(self) -> None:
         await self.transcriber.aclose()

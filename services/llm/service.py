@@ -402,6 +402,7 @@ class LlmSession(StageSession):
 
 class LlmStage(Stage):
     name = "llm"
+    session_class = LlmSession
 
     async def load(self) -> None:
         cfg = self.settings.llm
@@ -422,14 +423,6 @@ class LlmStage(Stage):
                 repeat_penalty=cfg.repeat_penalty,
             )
         await self.model.load()
-
-    def open_session(
-        self,
-        session_id: str,
-        settings: common_pb2.Settings,
-        on_closed: Callable[[str], Awaitable[None]],
-    ) -> StageSession:
-        return LlmSession(session_id, self, settings, on_closed)
 
     async def close(self) -> None:
         await self.model.aclose()

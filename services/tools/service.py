@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
@@ -21,9 +21,8 @@ from parley.config import ParleySettings
 from parley.logs import session_id_var
 from parley.metrics import ERRORS, STAGE_SECONDS
 from parley.service import Stage
-from parley.session import StageSession
 from parley.tracing import extract_context
-from parley.v1 import common_pb2, tools_pb2
+from parley.v1 import tools_pb2
 from services.tools.builtin import builtin_registry
 from services.tools.mcp_hub import McpHub
 from services.tools.registry import ToolError
@@ -173,11 +172,3 @@ class ToolsStage(Stage):
             await self.bus.reply(raw, reply)
         except Exception as exc:  # the connection is gone; the caller times out
             log.warning("cannot reply to a tool call: %s", exc)
-
-    def open_session(
-        self,
-        session_id: str,
-        settings: common_pb2.Settings,
-        on_closed: Callable[[str], Awaitable[None]],
-    ) -> StageSession:
-        raise NotImplementedError("the tools service is not placed per session")

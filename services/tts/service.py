@@ -189,6 +189,7 @@ class TtsSession(StageSession):
 
 class TtsStage(Stage):
     name = "tts"
+    session_class = TtsSession
 
     async def load(self) -> None:
         cfg = self.settings.tts
@@ -209,14 +210,6 @@ class TtsStage(Stage):
                 length_scale=cfg.length_scale,
             )
         await self.synthesizer.load()
-
-    def open_session(
-        self,
-        session_id: str,
-        settings: common_pb2.Settings,
-        on_closed: Callable[[str], Awaitable[None]],
-    ) -> StageSession:
-        return TtsSession(session_id, self, settings, on_closed)
 
     async def close(self) -> None:
         await self.synthesizer.aclose()

@@ -170,19 +170,12 @@ class VadSession(StageSession):
 
 class VadStage(Stage):
     name = "vad"
+    session_class = VadSession
 
     async def load(self) -> None:
         self.model = SileroModel(self.settings.vad.model_path)
         # One thread: windows are sub-millisecond and ordering per session matters.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silero")
-
-    def open_session(
-        self,
-        session_id: str,
-        settings: common_pb2.Settings,
-        on_closed: Callable[[str], Awaitable[None]],
-    ) -> StageSession:
-        return VadSession(session_id, self, settings, on_closed)
 
     async def close(self) -> None:
         self.executor.shutdown(wait=False)
