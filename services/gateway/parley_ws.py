@@ -32,6 +32,9 @@ class WebSocketSink:
         except ConnectionClosed:
             pass
 
+    async def close(self, reason: str) -> None:
+        await self.ws.close(1000, reason)
+
 
 def _int_field(msg: dict[str, Any], key: str) -> int | None:
     value = msg.get(key)

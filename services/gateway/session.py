@@ -59,6 +59,8 @@ class ClientSink(Protocol):
 
     async def send_audio(self, pcm: bytes) -> None: ...
 
+    async def close(self, reason: str) -> None: ...
+
 
 class ClientError(Exception):
     """Bad input from the client: reported as an error event, never fatal."""
@@ -138,6 +140,7 @@ class _Response:
         self.sentence_ms: dict[int, float] = {}
         self.tts_started = False
         self.text_done = False
+        self.end_session = False
         self.resampler: soxr.ResampleStream | None = None
         self.in_rate = 0
 
@@ -585,6 +588,7 @@ class GatewaySession:
             )
         elif kind == "ended":
             resp.text_done = True
+            resp.end_session = msg.ended.end_session
             await self.sink.send_event(
                 {
                     "type": "response_end",
@@ -701,3 +705,7 @@ class GatewaySession:
         await self.sink.send_event(
             {"type": "tts_end", "response_id": response_id, "status": "completed"}
         )
+        if resp is not None and resp.end_session:
+            # The goodbye has been heard: end the session politely.
+            await self.sink.send_event({"type": "session_end", "reason": "the agent said goodbye"})
+            await self.sink.close("goodbye")

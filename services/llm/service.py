@@ -30,6 +30,7 @@ log = logging.getLogger("parley.llm")
 tracer = trace.get_tracer("parley.llm")
 
 TOOLS_CACHE_S = 30.0
+END_CONVERSATION = "end_conversation"
 TOOLS_LIST_TIMEOUT_S = 1.0
 
 
@@ -50,6 +51,7 @@ class _Generation:
         self.committed = asyncio.Event()
         self.failed = False
         self.user_added = False
+        self.end_session = False
         self.lock = asyncio.Lock()
         if not speculative:
             self.committed.set()
@@ -74,6 +76,7 @@ class LlmSession(StageSession):
         )
         self.current: _Generation | None = None
         self._dismissed: set[int] = set()
+        self._ending = False
         self._tools_cache: tuple[float, list[dict[str, Any]] | None] | None = None
 
     async def start(self) -> None:
@@ -236,6 +239,8 @@ class LlmSession(StageSession):
             if not reply.ok:
                 span.set_attribute("error", True)
                 return f"Error: {reply.error}"
+            if call.name == END_CONVERSATION:
+                self._ending = True
             return reply.content
 
     async def _generate(self, gen: _Generation, user_text: str) -> None:
@@ -389,7 +394,11 @@ class LlmSession(StageSession):
                 gen,
                 llm_pb2.LlmEvent(
                     ended=llm_pb2.ResponseEnded(
-                        status=status, text=gen.text, sentences=sentences, error=error
+                        status=status,
+                        text=gen.text,
+                        sentences=sentences,
+                        error=error,
+                        end_session=self._ending,
                     )
                 ),
             )

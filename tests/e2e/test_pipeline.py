@@ -107,3 +107,21 @@ async def test_typed_input_is_answered_aloud(stack) -> None:
         assert client.audio
     finally:
         await client.close()
+
+
+async def test_vad_stats_for_a_meter_only_when_asked(stack) -> None:
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        speech = synthesize_speech("One two three four five.")
+        await client.stream(silence(200) + speech[: 16000 * 2])
+        assert not client.of_type("vad_stats")
+        await client.send_json({"type": "settings_update", "settings": {"vad_stats": True}})
+        await client.wait_for("settings_updated", timeout=5)
+        await client.stream(speech + silence(600))
+        await client.wait_for("vad_stats", speaking=True, timeout=10)
+        stats = client.of_type("vad_stats")
+        assert 5 <= len(stats) <= 40  # about ten a second, not one per window
+        assert all(0.0 <= s["probability"] <= 1.0 and s["energy_db"] <= 0 for s in stats)
+        assert any(s["probability"] > 0.5 for s in stats)
+    finally:
+        await client.close()

@@ -216,3 +216,24 @@ async def test_with_barge_in_off_the_agent_hears_itself_and_goes_on(remote_stack
         assert ended["status"] == "completed"
     finally:
         await client.close()
+
+
+async def test_the_agent_ends_the_conversation_after_its_goodbye(remote_stack) -> None:
+    stack, stub = remote_stack
+    stub.chat_delay_s = 0.0
+    stub.chat_queue = [
+        tool_call_deltas([("call_e", "end_conversation", '{"goodbye": "Bye now"}')]),
+        ["Goodbye, talk to you soon!"],
+    ]
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        ended = await ask_typed(client, "That is all, goodbye.")
+        assert ended["text"] == "Goodbye, talk to you soon!"
+        await client.wait_for("tts_end", response_id=ended["response_id"], timeout=30)
+        closing = await client.wait_for("session_end", timeout=10)
+        assert "goodbye" in closing["reason"]
+        await asyncio.wait_for(client.ws.wait_closed(), 10)
+        assert client.ws.close_code == 1000
+        assert client.audio  # the goodbye was spoken before the close
+    finally:
+        await client.close()
