@@ -36,7 +36,7 @@ async def start_mcp_server(workdir, port: int) -> Process:
             "--name",
             "school",
         ],
-        workdir / f"mcp-{port}.log",
+        workdir,
         {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
         "Uvicorn running",
     )
