@@ -24,7 +24,7 @@ async def provider_errors(what: str, base_url: str) -> AsyncIterator[None]:
             "provider_error",
             f"{what} at {base_url} answered HTTP {exc.response.status_code}: {body}",
         ) from None
-    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+    except httpx.TransportError as exc:
         raise ProviderError(
             "provider_unavailable", f"{what} at {base_url} is unreachable: {exc}"
         ) from None

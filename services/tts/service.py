@@ -173,7 +173,7 @@ class TtsSession(StageSession):
                 )
                 return False
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
             elapsed = time.monotonic() - started
             audio_s = audio_bytes / (rate * 2)
             span.set_attribute("parley.audio_ms", audio_s * 1000)

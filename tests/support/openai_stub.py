@@ -1,6 +1,7 @@
-"""A stand-in for a remote, paid OpenAI-compatible service: a real HTTP server
-on loopback that streams scripted chat deltas as server-sent events and serves
-the audio endpoints, recording every request it gets."""
+"""A stand-in for a remote, paid OpenAI-compatible chat model: a real HTTP
+server on loopback that streams scripted chat deltas (text and tool calls) as
+server-sent events, recording every request it gets. The audio endpoints have
+their own stand-in, tests/support/openai_audio_stub.py."""
 
 from __future__ import annotations
 
@@ -19,9 +20,6 @@ class OpenAIStub:
     chat_delay_s: float = 0.0
     # Scripts for the next requests, used up one per request before chat_script.
     chat_queue: list[list[str | dict[str, Any]]] = field(default_factory=list)
-    transcription_text: str = "hello world"
-    speech_pcm: bytes = bytes(4800)
-    speech_chunk_bytes: int = 1001  # odd on purpose: clients must keep samples whole
     fail_status: int | None = None
     hang: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -33,8 +31,6 @@ class OpenAIStub:
         self._released = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
-        app.router.add_post("/v1/audio/speech", self._speech)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -89,36 +85,6 @@ class OpenAIStub:
         except (ConnectionResetError, asyncio.CancelledError):
             self.chat_disconnected.set()
             raise
-        return response
-
-    async def _transcriptions(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        upload = form.get("file")
-        audio = upload.file.read() if hasattr(upload, "file") else b""
-        self.requests.append(
-            {
-                "path": request.path,
-                "form": {k: v for k, v in form.items() if k != "file"},
-                "file_bytes": len(audio),
-                "file_head": audio[:4],
-            }
-        )
-        failure = await self._maybe_fail()
-        if failure is not None:
-            return failure
-        return web.json_response({"text": self.transcription_text})
-
-    async def _speech(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append({"path": request.path, "json": body})
-        failure = await self._maybe_fail()
-        if failure is not None:
-            return failure
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)
-        for i in range(0, len(self.speech_pcm), self.speech_chunk_bytes):
-            await response.write(self.speech_pcm[i : i + self.speech_chunk_bytes])
-            await asyncio.sleep(0)
         return response
 
 

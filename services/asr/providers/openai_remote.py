@@ -9,7 +9,18 @@ import wave
 import httpx
 
 from parley.httpclient import provider_errors
-from services.asr.providers.base import TranscriptionResult
+from services.asr.providers.base import ProviderError, TranscriptionResult
+
+
+def wav_bytes(pcm16: bytes, sample_rate: int) -> bytes:
+    """A mono PCM16 WAV file in memory: the one container every server accepts."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm16)
+    return buffer.getvalue()
 
 
 class OpenAITranscriber:
@@ -20,6 +31,7 @@ class OpenAITranscriber:
         model: str = "whisper-1",
         timeout_s: float = 30.0,
     ) -> None:
+        # base_url includes /v1, as the openai SDK's base_url does.
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = f"openai:{model}"
@@ -32,12 +44,10 @@ class OpenAITranscriber:
     async def transcribe(
         self, pcm16: bytes, sample_rate: int, language: str | None = None
     ) -> TranscriptionResult:
-        buffer = io.BytesIO()
-        with wave.open(buffer, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(sample_rate)
-            w.writeframes(pcm16)
+        if sample_rate <= 0:
+            raise ProviderError("bad_audio", f"invalid sample rate {sample_rate}")
+        if len(pcm16) % 2:
+            raise ProviderError("bad_audio", "PCM16 audio must have an even number of bytes")
         data = {"model": self.model, "response_format": "json"}
         if language:
             data["language"] = language
@@ -46,10 +56,13 @@ class OpenAITranscriber:
             response = await self._client.post(
                 f"{self.base_url}/audio/transcriptions",
                 data=data,
-                files={"file": ("audio.wav", buffer.getvalue(), "audio/wav")},
+                files={"file": ("audio.wav", wav_bytes(pcm16, sample_rate), "audio/wav")},
             )
             response.raise_for_status()
-            text = str(response.json().get("text", "")).strip()
+            body = response.json()
+            if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+                raise ValueError(f"no text in {str(body)[:200]!r}")
+            text = body["text"].strip()
         return TranscriptionResult(
             text,
             language,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from parley.errors import ProviderError
@@ -17,8 +17,10 @@ class Synthesizer(Protocol):
 
     async def load(self) -> None: ...
 
-    def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[bytes]:
-        """PCM16 chunks as they are produced; closing the iterator stops the work."""
+    # An async generator, not just an iterator: callers aclose() it on barge-in
+    # and that must stop the synthesis behind it.
+    def synthesize(self, text: str, voice: str | None = None) -> AsyncGenerator[bytes, None]:
+        """PCM16 LE mono chunks at sample_rate as they are produced."""
         ...
 
     async def aclose(self) -> None: ...

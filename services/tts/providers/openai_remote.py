@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import httpx
 
@@ -30,7 +30,7 @@ class OpenAISynthesizer:
     async def load(self) -> None:
         pass
 
-    async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, voice: str | None = None) -> AsyncGenerator[bytes, None]:
         body = {
             "model": self.model,
             "input": text,
