@@ -1,19 +1,28 @@
-"""A session's conversation: the system prompt and a bounded history."""
+"""A session's conversation: the system prompt and a bounded history, which
+keeps of an interrupted answer only what the listener heard."""
 
 from __future__ import annotations
 
-from typing import Any
+from services.llm.providers.base import Message, ToolCall
 
 
 class Conversation:
+    """messages() is what a chat model is sent: the system prompt, then the
+    history, oldest first. The history is bounded by turns and by size; the
+    oldest exchanges go first, the system prompt never."""
+
     def __init__(self, system_prompt: str, max_turns: int = 20, max_chars: int = 12000) -> None:
         self.system_prompt = system_prompt
         self.max_turns = max_turns
         self.max_chars = max_chars
-        self.history: list[dict[str, Any]] = []
+        self.history: list[Message] = []
 
-    def messages(self) -> list[dict[str, Any]]:
-        return [{"role": "system", "content": self.system_prompt}, *self.history]
+    def messages(self) -> list[Message]:
+        # Copies: a caller appending to a message must not rewrite history.
+        return [
+            {"role": "system", "content": self.system_prompt},
+            *(dict(m) for m in self.history),
+        ]
 
     def add_user(self, text: str) -> None:
         self.history.append({"role": "user", "content": text})
@@ -23,7 +32,7 @@ class Conversation:
         self.history.append({"role": "assistant", "content": text})
         self._bound()
 
-    def add_tool_round(self, calls: list[Any], results: list[str], text: str = "") -> None:
+    def add_tool_round(self, calls: list[ToolCall], results: list[str], text: str = "") -> None:
         """One round of tool calls and their results, added together so the
         history never holds a call without its answer."""
         self.history.append(
@@ -44,16 +53,51 @@ class Conversation:
             self.history.append({"role": "tool", "tool_call_id": call.id, "content": result})
         self._bound()
 
+    def truncate_last_assistant(self, heard_text: str) -> bool:
+        """An answer was interrupted: keep of it only what was heard, so the
+        next answer does not assume the user knows the rest. Nothing heard
+        removes it. False when there is no spoken answer to truncate."""
+        for index in range(len(self.history) - 1, -1, -1):
+            message = self.history[index]
+            if message["role"] == "user":
+                return False
+            if message["role"] == "assistant" and isinstance(message.get("content"), str):
+                if message.get("tool_calls"):
+                    # The calls happened whatever was heard: keep them.
+                    message["content"] = heard_text.strip() or None
+                elif heard_text.strip():
+                    message["content"] = heard_text.strip()
+                else:
+                    del self.history[index]
+                return True
+        return False
+
     def _bound(self) -> None:
-        """Drop the oldest exchanges first; the system prompt always stays."""
+        def size(message: Message) -> int:
+            chars = len(message.get("content") or "")
+            for call in message.get("tool_calls") or []:
+                chars += len(call["function"]["arguments"]) + len(call["function"]["name"])
+            return chars
 
         def too_big() -> bool:
             users = sum(1 for m in self.history if m["role"] == "user")
-            chars = sum(len(m.get("content") or "") for m in self.history)
+            chars = sum(size(m) for m in self.history)
             return users > self.max_turns or chars > self.max_chars
 
-        while len(self.history) > 1 and too_big():
-            self.history.pop(0)
-            # Never start the history with an orphaned answer.
-            while self.history and self.history[0]["role"] != "user":
-                self.history.pop(0)
+        # Whole exchanges go, oldest first: a user message with its answer and
+        # any tool calls and results in between, so the history never starts
+        # with an orphaned answer or tool result. The latest user message stays
+        # even when it alone is over the size: without it there is nothing to
+        # answer.
+        while too_big():
+            users = _user_indices(self.history)
+            if users and users[0] > 0:
+                del self.history[: users[0]]
+            elif len(users) >= 2:
+                del self.history[: users[1]]
+            else:
+                break
+
+
+def _user_indices(history: list[Message]) -> list[int]:
+    return [i for i, m in enumerate(history) if m["role"] == "user"]

@@ -325,7 +325,7 @@ class LlmSession(StageSession):
                             )
                             await emit(splitter.push(item))
                     finally:
-                        await stream.aclose()  # type: ignore[attr-defined]
+                        await stream.aclose()
                     if not calls:
                         break
                     await emit(splitter.push("\n"))

@@ -6,8 +6,12 @@ from typing import Any
 
 from services.llm.providers.base import ChatModel
 
+PROVIDERS = ("llama_cpp", "openai")
+
 
 def make_chat_model(provider: str, **options: Any) -> ChatModel:
+    """options: the provider class's keyword arguments."""
+    # Imported on demand: the remote provider must not need llama.cpp installed.
     if provider == "llama_cpp":
         from services.llm.providers.llama_local import LlamaCppChatModel
 
@@ -16,4 +20,4 @@ def make_chat_model(provider: str, **options: Any) -> ChatModel:
         from services.llm.providers.openai_compat import OpenAIChatModel
 
         return OpenAIChatModel(**options)
-    raise ValueError(f"unknown llm provider: {provider!r} (use llama_cpp or openai)")
+    raise ValueError(f"unknown llm provider: {provider!r} (use one of {', '.join(PROVIDERS)})")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,10 +24,19 @@ class ToolCall:
 
 
 class ChatModel(Protocol):
+    """A chat model that streams its answer.
+
+    Failures raise ProviderError with code provider_unavailable (the model
+    cannot be reached or loaded), timeout, or provider_error (the model
+    answered with an error or with something malformed)."""
+
     name: str
+    # Whether stream() may be offered tools (and may then yield ToolCall).
     supports_tools: bool
 
-    async def load(self) -> None: ...
+    async def load(self) -> None:
+        """Get ready to answer: load weights, or nothing for a remote model."""
+        ...
 
     def stream(
         self,
@@ -36,9 +45,12 @@ class ChatModel(Protocol):
         max_tokens: int,
         temperature: float,
         tools: list[dict[str, Any]] | None = None,
-    ) -> AsyncIterator[str | ToolCall]:
-        """Text deltas as generated, then any tool calls; closing the iterator
-        stops generation."""
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        """Text deltas as they are generated, then any tool calls.
+
+        Closing the generator early (aclose(), or cancelling the task that
+        iterates it) stops the generation promptly: a barge-in must not leave
+        a model writing an answer nobody will hear."""
         ...
 
     async def aclose(self) -> None: ...
