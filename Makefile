@@ -17,7 +17,7 @@ PROTOS := $(wildcard proto/parley/v1/*.proto)
 GENERATED := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 PYTEST_ARGS ?=
 
-.PHONY: setup link run test test-fast bench lint proto clean
+.PHONY: setup link browser run test test-fast bench lint proto clean
 
 setup: $(STAMP) link proto
 
@@ -42,12 +42,21 @@ link: $(STAMP)
 proto: $(GENERATED)
 
 parley/v1/%_pb2.py: proto/parley/v1/%.proto $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 run: setup
 	$(VENV)/bin/parley up
 
-test: setup
+# The browser page's test drives Debian's Chromium (Playwright's own browser
+# downloads are not reachable from here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium for the browser test"; \
+	    $$(command -v sudo) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { $$(command -v sudo) apt-get update -q >/dev/null && \
+	      $$(command -v sudo) apt-get install -y -q chromium >/dev/null; }; }
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

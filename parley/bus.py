@@ -51,6 +51,10 @@ def release_subject(stage: str) -> str:
 
 TOOLS_LIST = f"{PREFIX}.tools.list"
 TOOLS_CALL = f"{PREFIX}.tools.call"
+# Request/reply with the gateway holding a session, for the client's own tools
+# (a device's MCP tools, a Realtime client's functions).
+CLIENT_TOOLS_LIST = "client_tools.list"
+CLIENT_TOOLS_CALL = "client_tools.call"
 
 
 def split_session_subject(subject: str) -> tuple[str, str] | None:

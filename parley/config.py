@@ -187,6 +187,11 @@ class GatewaySettings(Section):
     playback_lead_ms: int = Field(300, ge=0, le=5000)
     drain_timeout_s: float = Field(10.0, ge=0)
     auth_token: str | None = None
+    # Plain HTTP beside the WebSocket port, for what needs POST (Xiaozhi OTA);
+    # 0 picks a free port.
+    http_port: int = Field(8081, ge=0, le=65535)
+    # gRPC Converse API and the gRPC health service; 0 picks a free port.
+    grpc_port: int = Field(50051, ge=0, le=65535)
 
 
 class ParleySettings(BaseSettings):

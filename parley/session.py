@@ -125,6 +125,8 @@ class StageSession:
             await self.on_user_text(msg.user_text.text, msg.meta)
         elif kind == "commit":
             await self.on_commit(msg.meta)
+        elif kind == "tools_changed":
+            await self.on_tools_changed()
         elif kind == "dismiss":
             await self.on_dismiss(msg.dismiss.turn_id)
 
@@ -141,6 +143,9 @@ class StageSession:
         pass
 
     async def on_commit(self, meta: common_pb2.Meta) -> None:
+        pass
+
+    async def on_tools_changed(self) -> None:
         pass
 
     async def on_dismiss(self, turn_id: int) -> None:

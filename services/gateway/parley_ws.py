@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import http
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
+from parley.config import ParleySettings
 from parley.metrics import ERRORS
 from services.gateway.audio_check import check_pcm16
+from services.gateway.endpoints import bearer_token, refuse
 from services.gateway.session import ClientError, GatewaySession, settings_from_json
+
+if TYPE_CHECKING:
+    from services.gateway.service import Gateway
 
 log = logging.getLogger("parley.gateway.ws")
 
@@ -34,6 +42,38 @@ class WebSocketSink:
 
     async def close(self, reason: str) -> None:
         await self.ws.close(1000, reason)
+
+
+PARLEY_PATHS = ("/v1/ws", "/ws")
+
+
+class ParleyEndpoint:
+    """Parley's own protocol at /v1/ws (and /ws)."""
+
+    name = "parley"
+
+    def __init__(self, settings: ParleySettings) -> None:
+        self.token = settings.gateway.auth_token
+
+    def matches(self, path: str) -> bool:
+        return path in PARLEY_PATHS
+
+    def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
+        query = urlsplit(request.path).query
+        if self.token and bearer_token(request.headers, query) != self.token:
+            return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong token")
+        return None
+
+    async def serve(self, gateway: Gateway, ws: ServerConnection) -> None:
+        sink = WebSocketSink(ws)
+        session, failures = await gateway.open_session(sink, "parley")
+        try:
+            await sink.send_event({"type": "session_started", **session.describe()})
+            await session.report_placement(failures)
+            protocol = ParleyProtocol(ws, session, gateway.settings.gateway.max_frame_bytes)
+            await protocol.run()
+        finally:
+            await gateway.close_session(session)
 
 
 def _int_field(msg: dict[str, Any], key: str) -> int | None:

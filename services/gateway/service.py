@@ -7,10 +7,10 @@ import asyncio
 import http
 import logging
 import signal
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from parley.bus import Bus
@@ -18,21 +18,20 @@ from parley.config import ParleySettings, load_settings_or_exit
 from parley.logs import setup_logging
 from parley.metrics import start_metrics_server
 from parley.tracing import setup_tracing
-from services.gateway.parley_ws import ParleyProtocol, WebSocketSink
-from services.gateway.placement import PlacementClient
-from services.gateway.session import GatewaySession
+from parley.v1 import common_pb2
+from services.gateway import web_page
+from services.gateway.endpoints import WsEndpoint
+from services.gateway.grpc_api import start_grpc_server, stop_grpc_server
+from services.gateway.parley_ws import ParleyEndpoint
+from services.gateway.placement import PlacementClient, PlacementError
+from services.gateway.session import ClientSink, GatewaySession
 
 log = logging.getLogger("parley.gateway")
 
-PARLEY_PATHS = ("/v1/ws", "/ws")
 
-
-def bearer_token(headers: Headers, query: str) -> str | None:
-    auth = headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    values = parse_qs(query).get("token")
-    return values[0] if values else None
+def endpoints(settings: ParleySettings) -> list[WsEndpoint]:
+    """Every protocol the gateway speaks, first match wins."""
+    return [ParleyEndpoint(settings)]
 
 
 class Gateway:
@@ -46,6 +45,9 @@ class Gateway:
         self.sessions: set[GatewaySession] = set()
         self.draining = False
         self.server: Server | None = None
+        self.endpoints = endpoints(settings)
+        self.grpc_server: Any = None
+        self.grpc_port = 0
 
     async def start(self) -> int:
         await self.placement.start()
@@ -57,6 +59,7 @@ class Gateway:
             max_size=g.max_message_bytes,
             process_request=self.process_request,
         )
+        self.grpc_server, self.grpc_port = await start_grpc_server(self, g.host, g.grpc_port)
         return int(self.server.sockets[0].getsockname()[1])
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -67,29 +70,47 @@ class Gateway:
             if self.bus.connected and not self.draining:
                 return connection.respond(http.HTTPStatus.OK, "ready\n")
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
-        if url.path not in PARLEY_PATHS:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            page = web_page.respond(connection, url.path)
+            if page is not None:
+                return page
+        endpoint = self.endpoint_for(url.path)
+        if endpoint is None:
             return connection.respond(http.HTTPStatus.NOT_FOUND, f"no endpoint at {url.path}\n")
         if self.draining:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
-        token = self.settings.gateway.auth_token
-        if token and bearer_token(request.headers, url.query) != token:
-            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
-        return None
+        return endpoint.authorize(connection, request)
+
+    def endpoint_for(self, path: str) -> WsEndpoint | None:
+        return next((e for e in self.endpoints if e.matches(path)), None)
 
     async def handle(self, ws: ServerConnection) -> None:
-        sink = WebSocketSink(ws)
-        session = GatewaySession(self.bus, self.placement, self.settings, sink, "parley")
+        assert ws.request is not None
+        endpoint = self.endpoint_for(urlsplit(ws.request.path).path)
+        if endpoint is None:  # refused in process_request already
+            return
+        try:
+            await endpoint.serve(self, ws)
+        except Exception:
+            log.exception("%s connection failed", endpoint.name)
+
+    async def open_session(
+        self, sink: ClientSink, protocol: str, settings: common_pb2.Settings | None = None
+    ) -> tuple[GatewaySession, list[PlacementError]]:
+        """A placed session, registered for draining; close it with close_session."""
+        session = GatewaySession(self.bus, self.placement, self.settings, sink, protocol)
         self.sessions.add(session)
         try:
-            failures = await session.open()
-            await sink.send_event({"type": "session_started", **session.describe()})
-            await session.report_placement(failures)
-            protocol = ParleyProtocol(ws, session, self.settings.gateway.max_frame_bytes)
-            await protocol.run()
-        except Exception:
-            log.exception("session failed")
+            failures = await session.open(settings)
+        except BaseException:
+            await self.close_session(session)
+            raise
+        return session, failures
+
+    async def close_session(self, session: GatewaySession, reason: str = "client closed") -> None:
+        try:
+            await session.close(reason)
         finally:
-            await session.close()
             self.sessions.discard(session)
 
     async def drain(self) -> None:
@@ -100,6 +121,8 @@ class Gateway:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self.grpc_server is not None:
+            await stop_grpc_server(self.grpc_server, 1.0)
         await self.placement.stop()
 
 

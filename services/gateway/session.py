@@ -14,11 +14,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import soxr
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from parley.bus import Bus, session_subject
+from parley.bus import CLIENT_TOOLS_CALL, CLIENT_TOOLS_LIST, Bus, session_subject
 from parley.config import ParleySettings
 from parley.logs import session_id_var
 from parley.metrics import ACTIVE_SESSIONS, DROPPED_FRAMES, ERRORS, FRAMES, INTERRUPTS
@@ -31,6 +32,7 @@ from parley.v1 import (
     control_pb2,
     events_pb2,
     llm_pb2,
+    tools_pb2,
     vad_pb2,
 )
 from services.gateway.placement import Placement, PlacementClient, PlacementError
@@ -60,6 +62,20 @@ class ClientSink(Protocol):
     async def send_audio(self, pcm: bytes) -> None: ...
 
     async def close(self, reason: str) -> None: ...
+
+
+class ClientTools(Protocol):
+    """Tools the client brings to its session (a device's MCP server, a
+    Realtime client's functions). The tools service offers them beside its own
+    and relays their calls here; call raises ClientToolError."""
+
+    def list_tools(self) -> list[tools_pb2.Tool]: ...
+
+    async def call_tool(self, name: str, arguments_json: str, timeout_s: float) -> str: ...
+
+
+class ClientToolError(Exception):
+    """A client tool failed; the message goes to the model."""
 
 
 class ClientError(Exception):
@@ -189,6 +205,8 @@ class GatewaySession:
         self._audio_out_context: dict[str, otel_context.Context] = {}
         self._interrupt_check: asyncio.Task[None] | None = None
         self._speech_turn = 0
+        self.client_tools: ClientTools | None = None
+        self._tool_calls: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------
     async def open(self, settings: common_pb2.Settings | None = None) -> list[PlacementError]:
@@ -209,6 +227,12 @@ class GatewaySession:
                 handler,  # type: ignore[arg-type]
             )
             self._subs.append(sub)
+        for stream, callback in (
+            (CLIENT_TOOLS_LIST, self._on_client_tools_list),
+            (CLIENT_TOOLS_CALL, self._on_client_tools_call),
+        ):
+            subject = session_subject(self.session_id, stream)
+            self._subs.append(await self.bus.nc.subscribe(subject, cb=callback))
         self.playback.start()
         self._open_listen_span()
         ACTIVE_SESSIONS.labels("gateway").inc()
@@ -249,6 +273,8 @@ class GatewaySession:
                 await sub.unsubscribe()
             except Exception:
                 pass
+        for task in list(self._tool_calls):
+            task.cancel()
         self.placement_client.forget(self.session_id)
         for turn_id in list(self.turn_spans):
             self._end_turn_span(turn_id)
@@ -372,6 +398,50 @@ class GatewaySession:
                 playback=control_pb2.PlaybackMark(response_id=response_id, played_ms=played_ms)
             )
         )
+
+    # --- client tools -----------------------------------------------------------
+    async def set_client_tools(self, tools: ClientTools | None) -> None:
+        """Offer (or withdraw) the client's tools; the llm drops its cached list."""
+        self.client_tools = tools
+        await self._control(control_pb2.Control(tools_changed=control_pb2.ToolsChanged()))
+
+    async def _on_client_tools_list(self, raw: Msg) -> None:
+        reply = tools_pb2.ToolListReply()
+        if self.client_tools is not None:
+            reply.tools.extend(self.client_tools.list_tools())
+        await self.bus.reply(raw, reply)
+
+    async def _on_client_tools_call(self, raw: Msg) -> None:
+        # As its own task: a device may take seconds, and parallel calls must not queue.
+        task = asyncio.create_task(self._client_tool_call(raw))
+        self._tool_calls.add(task)
+        task.add_done_callback(self._tool_calls.discard)
+
+    async def _client_tool_call(self, raw: Msg) -> None:
+        request = tools_pb2.ToolCallRequest()
+        reply = tools_pb2.ToolCallReply()
+        try:
+            request.ParseFromString(raw.data)
+            reply.call_id = request.call_id
+            if self.client_tools is None:
+                raise ClientToolError(f"unknown tool: {request.name}")
+            timeout = request.timeout_s if request.timeout_s > 0 else 10.0
+            async with asyncio.timeout(timeout):
+                reply.content = await self.client_tools.call_tool(
+                    request.name, request.arguments_json, timeout
+                )
+            reply.ok = True
+        except ClientToolError as exc:
+            reply.error = str(exc)
+        except TimeoutError:
+            reply.error = f"the client did not answer the call of {request.name} in time"
+        except Exception as exc:
+            log.exception("client tool call failed")
+            reply.error = f"tool {request.name} failed: {exc or type(exc).__name__}"
+        try:
+            await self.bus.reply(raw, reply)
+        except Exception as exc:
+            log.warning("cannot reply to a client tool call: %s", exc)
 
     # --- barge-in -------------------------------------------------------------
     def agent_active(self) -> bool:

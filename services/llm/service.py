@@ -120,6 +120,9 @@ class LlmSession(StageSession):
             return
         await self._respond(turn_id, text)
 
+    async def on_tools_changed(self) -> None:
+        self._tools_cache = None
+
     async def on_dismiss(self, turn_id: int) -> None:
         self._dismissed.add(turn_id)
         gen = self.current

@@ -16,7 +16,14 @@ from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from parley.bus import TOOLS_CALL, TOOLS_LIST, Bus
+from parley.bus import (
+    CLIENT_TOOLS_CALL,
+    CLIENT_TOOLS_LIST,
+    TOOLS_CALL,
+    TOOLS_LIST,
+    Bus,
+    session_subject,
+)
 from parley.config import ParleySettings
 from parley.logs import session_id_var
 from parley.metrics import ERRORS, STAGE_SECONDS
@@ -31,6 +38,8 @@ log = logging.getLogger("parley.tools")
 tracer = trace.get_tracer("parley.tools")
 
 QUEUE = "tools"
+# The gateway answers for its session's client tools at once or not at all.
+CLIENT_LIST_TIMEOUT_S = 1.0
 
 
 def _parse(msg: Message, raw: Msg) -> str | None:
@@ -111,7 +120,49 @@ class ToolsStage(Stage):
                     description=tool.description,
                     parameters_json=json.dumps(tool.parameters),
                 )
+            taken = {t.name for t in reply.tools}
+            for tool in await self._client_tools(request.session_id):
+                if tool.name not in taken:
+                    reply.tools.append(tool)
             await self.bus.reply(raw, reply)
+
+    async def _client_tools(self, session_id: str) -> list[tools_pb2.Tool]:
+        """The tools the session's client brought (a device's MCP server, a
+        Realtime client's functions), asked of the gateway holding it."""
+        if not session_id:
+            return []
+        try:
+            reply = await self.bus.request(
+                session_subject(session_id, CLIENT_TOOLS_LIST),
+                tools_pb2.ToolListRequest(session_id=session_id),
+                tools_pb2.ToolListReply,
+                timeout=CLIENT_LIST_TIMEOUT_S,
+            )
+        except Exception as exc:  # no gateway session (a test, a closed one)
+            log.debug("no client tools for the session: %s", exc)
+            return []
+        return list(reply.tools)
+
+    async def _relay_to_client(self, request: tools_pb2.ToolCallRequest, timeout: float) -> str:
+        """A tool the registry does not know may be the client's: the gateway
+        holding the session runs it there."""
+        if not request.session_id:
+            raise ToolError(f"unknown tool: {request.name}")
+        try:
+            reply = await self.bus.request(
+                session_subject(request.session_id, CLIENT_TOOLS_CALL),
+                request,
+                tools_pb2.ToolCallReply,
+                timeout=timeout,
+            )
+        except TimeoutError:
+            raise ToolError(f"tool {request.name} timed out after {timeout:g} s") from None
+        except Exception as exc:  # no gateway holds the session: nobody has the tool
+            log.debug("no client to relay %s to: %s", request.name, exc)
+            raise ToolError(f"unknown tool: {request.name}") from None
+        if not reply.ok:
+            raise ToolError(reply.error or f"tool {request.name} failed")
+        return reply.content
 
     async def _on_call(self, raw: Msg) -> None:
         # nats-py runs one subscription's callbacks one after another: a slow
@@ -149,9 +200,12 @@ class ToolsStage(Stage):
             ):
                 timeout = self._timeout(request.timeout_s)
                 try:
-                    reply.content = await self.registry.call(
-                        request.name, request.arguments_json, timeout
-                    )
+                    if request.name in self.registry.all():
+                        reply.content = await self.registry.call(
+                            request.name, request.arguments_json, timeout
+                        )
+                    else:
+                        reply.content = await self._relay_to_client(request, timeout)
                     reply.ok = True
                 except ToolError as exc:
                     ERRORS.labels("tools", "tool_failed").inc()

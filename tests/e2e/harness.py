@@ -30,6 +30,10 @@ Process = Running
 class Stack:
     nats_url: str
     gateway_url: str = ""
+    gateway_port: int = 0
+    # The gateway's plain HTTP port (Xiaozhi OTA) and gRPC port (Converse).
+    http_port: int = 0
+    grpc_port: int = 0
     processes: list[Running] = field(default_factory=list)
 
     async def stop(self, process: Running) -> None:
@@ -61,7 +65,7 @@ async def start_stack(
     nats, url = await launch_nats(workdir)
     stack = Stack(nats_url=url, processes=[nats])
     common = {"PARLEY_NATS__URL": url, **(env or {})}
-    gateway_port = free_port()
+    gateway_port, http_port, grpc_port = free_port(), free_port(), free_port()
     try:
         starts = [
             start_service(stage, common, workdir, timeout_s=READY_TIMEOUT_S)
@@ -71,7 +75,12 @@ async def start_stack(
         starts.append(
             start_service(
                 "gateway",
-                {**common, "PARLEY_GATEWAY__PORT": str(gateway_port)},
+                {
+                    **common,
+                    "PARLEY_GATEWAY__PORT": str(gateway_port),
+                    "PARLEY_GATEWAY__HTTP_PORT": str(http_port),
+                    "PARLEY_GATEWAY__GRPC_PORT": str(grpc_port),
+                },
                 workdir,
                 timeout_s=READY_TIMEOUT_S,
             )
@@ -82,6 +91,7 @@ async def start_stack(
             if isinstance(result, BaseException):
                 raise result
         stack.gateway_url = f"ws://127.0.0.1:{gateway_port}/v1/ws"
+        stack.gateway_port, stack.http_port, stack.grpc_port = gateway_port, http_port, grpc_port
         # Placement needs one heartbeat from each instance.
         await asyncio.sleep(1.2)
         yield stack

@@ -181,7 +181,7 @@ def _free_port_defaults(name: str) -> dict[str, str]:
     fields = getattr(section, "model_fields", {})
     return {
         f"PARLEY_{name.upper()}__{key.upper()}": "0"
-        for key in ("metrics_port", "health_port")
+        for key in ("metrics_port", "health_port", "http_port", "grpc_port")
         if key in fields
     }
 

@@ -1,0 +1,45 @@
+"""What a protocol adapter gives the gateway: which paths it answers, who may
+connect, and how a connection is served. Each protocol lives in its own module
+(parley_ws, xiaozhi, echokit, realtime) and drives a GatewaySession."""
+
+from __future__ import annotations
+
+import http
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import parse_qs
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+if TYPE_CHECKING:
+    from services.gateway.service import Gateway
+
+
+class WsEndpoint(Protocol):
+    name: str
+
+    def matches(self, path: str) -> bool:
+        """Whether this endpoint serves the URL path (query excluded)."""
+        ...
+
+    def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
+        """None to accept the upgrade, or the HTTP refusal."""
+        ...
+
+    async def serve(self, gateway: Gateway, ws: ServerConnection) -> None:
+        """Serve one connection until it closes; must not raise for bad input."""
+        ...
+
+
+def bearer_token(headers: Headers, query: str) -> str | None:
+    """Authorization: Bearer ..., or ?token=... for browsers, which cannot set headers."""
+    auth = headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    values = parse_qs(query).get("token")
+    return values[0] if values else None
+
+
+def refuse(connection: ServerConnection, status: http.HTTPStatus, text: str) -> Response:
+    return connection.respond(status, text if text.endswith("\n") else text + "\n")
