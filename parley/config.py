@@ -169,6 +169,52 @@ class ToolsSettings(StageSettings):
     mcp_ping_interval_s: float = Field(5.0, gt=0)
 
 
+class XiaozhiSettings(Section):
+    """Xiaozhi ESP32 firmware: WebSocket at /xiaozhi/v1/, OTA at /xiaozhi/ota/."""
+
+    # Bearer token the boards must send; None accepts any (or none).
+    auth_token: str | None = None
+    # Device-Id (MAC) values allowed to connect and activate; None allows all.
+    device_allowlist: list[str] | None = None
+    # What OTA tells the boards to connect to; None derives it from the OTA
+    # request's Host and the gateway's WebSocket port.
+    websocket_url: str | None = None
+    # Binary framing OTA asks the boards to use: 1 bare Opus, 2 and 3 with headers.
+    protocol_version: Literal[1, 2, 3] = 1
+    downlink_sample_rate: Literal[8000, 16000, 24000, 48000] = 24000
+    downlink_frame_ms: Literal[20, 40, 60] = 60
+    # The firmware gives up on a connection without a server hello after 10 s.
+    hello_timeout_s: float = Field(10.0, gt=0)
+    # The firmware drops a channel silent for 120 s; say something before that.
+    keepalive_s: float = Field(60.0, gt=0, lt=120)
+    mcp_timeout_s: float = Field(10.0, gt=0)
+    # tools/list pages fetched at most (a device offers a dozen tools).
+    mcp_max_pages: int = Field(20, ge=1)
+
+
+class EchoKitSettings(Section):
+    """EchoKit boards (second-state/echokit_box firmware) at /ws/{device_id}."""
+
+    # A 16-bit PCM WAV sent to each board on a fresh connection (HelloStart,
+    # HelloChunk..., HelloEnd); the board plays it when a chat starts. Empty:
+    # hello_text spoken once by the bundled Piper voice, cached under var/.
+    hello_wav: str = ""
+    hello_text: str = "Hello! I am listening."
+    send_hello: bool = True
+    # A board that drops off keeps its conversation this long; reconnecting
+    # with reconnect=true and the same id picks it up again.
+    reconnect_grace_s: float = Field(60.0, ge=0)
+    # The boards buffer what they get; a longer lead than the gateway's keeps
+    # their download-speed check (which turns streaming off) happy.
+    playback_lead_ms: int = Field(1500, ge=0, le=5000)
+    # Push-to-talk (no stream_asr): the silence that ends a turn without Submit.
+    submit_silence_ms: int = Field(3000, ge=200, le=3000)
+    # The firmware cannot send a token; these guard it instead. None allows all.
+    device_allowlist: list[str] | None = None
+    # For other clients, which can: ?token=... or Authorization: Bearer.
+    auth_token: str | None = None
+
+
 class GatewaySettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -192,6 +238,8 @@ class GatewaySettings(Section):
     http_port: int = Field(8081, ge=0, le=65535)
     # gRPC Converse API and the gRPC health service; 0 picks a free port.
     grpc_port: int = Field(50051, ge=0, le=65535)
+    xiaozhi: XiaozhiSettings = XiaozhiSettings()
+    echokit: EchoKitSettings = EchoKitSettings()
 
 
 class ParleySettings(BaseSettings):

@@ -25,13 +25,15 @@ from services.gateway.grpc_api import start_grpc_server, stop_grpc_server
 from services.gateway.parley_ws import ParleyEndpoint
 from services.gateway.placement import PlacementClient, PlacementError
 from services.gateway.session import ClientSink, GatewaySession
+from services.gateway.xiaozhi import XiaozhiEndpoint
+from services.gateway.xiaozhi_ota import start_http_server
 
 log = logging.getLogger("parley.gateway")
 
 
 def endpoints(settings: ParleySettings) -> list[WsEndpoint]:
     """Every protocol the gateway speaks, first match wins."""
-    return [ParleyEndpoint(settings)]
+    return [ParleyEndpoint(settings), XiaozhiEndpoint(settings)]
 
 
 class Gateway:
@@ -48,6 +50,8 @@ class Gateway:
         self.endpoints = endpoints(settings)
         self.grpc_server: Any = None
         self.grpc_port = 0
+        self.http_runner: Any = None
+        self.http_port = 0
 
     async def start(self) -> int:
         await self.placement.start()
@@ -59,8 +63,10 @@ class Gateway:
             max_size=g.max_message_bytes,
             process_request=self.process_request,
         )
+        port = int(self.server.sockets[0].getsockname()[1])
         self.grpc_server, self.grpc_port = await start_grpc_server(self, g.host, g.grpc_port)
-        return int(self.server.sockets[0].getsockname()[1])
+        self.http_runner, self.http_port = await start_http_server(self.settings, port)
+        return port
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -123,6 +129,8 @@ class Gateway:
             await self.server.wait_closed()
         if self.grpc_server is not None:
             await stop_grpc_server(self.grpc_server, 1.0)
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
         await self.placement.stop()
 
 
@@ -142,7 +150,13 @@ async def run() -> None:
     gateway = Gateway(settings, bus)
     port = await gateway.start()
     host = settings.gateway.host
-    log.info("gateway ready: ws://%s:%d/v1/ws metrics=:%d", host, port, metrics_port)
+    log.info(
+        "gateway ready: ws://%s:%d/v1/ws http=:%d (xiaozhi OTA) metrics=:%d",
+        host,
+        port,
+        gateway.http_port,
+        metrics_port,
+    )
     await stop.wait()
     log.info("gateway draining")
     await gateway.drain()

@@ -1,0 +1,110 @@
+"""The Xiaozhi firmware's OTA / activation check at /xiaozhi/ota/: the board
+POSTs its system info at boot and learns the time, whether new firmware exists
+(never, here) and where the WebSocket is. Served on the gateway's plain HTTP
+port, since the WebSocket server speaks only GET."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aiohttp import web
+
+from parley.config import ParleySettings
+from parley.metrics import ERRORS
+
+log = logging.getLogger("parley.gateway.xiaozhi")
+
+OTA_PATHS = ("/xiaozhi/ota/", "/xiaozhi/ota")
+
+
+def _error(status: int, message: str) -> web.Response:
+    ERRORS.labels("gateway", "ota_refused").inc()
+    return web.json_response({"error": message}, status=status)
+
+
+def _timezone_offset_min(name: str) -> int:
+    try:
+        offset = datetime.now(ZoneInfo(name)).utcoffset()
+    except ZoneInfoNotFoundError:
+        return 0
+    return int(offset.total_seconds() // 60) if offset else 0
+
+
+class OtaHandler:
+    def __init__(self, settings: ParleySettings, ws_port: int) -> None:
+        self.settings = settings
+        self.cfg = settings.gateway.xiaozhi
+        self.ws_port = ws_port
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        device_id = request.headers.get("Device-Id") or request.query.get("device-id", "")
+        if not device_id:
+            return _error(400, "missing Device-Id header")
+        allow = self.cfg.device_allowlist
+        if allow is not None and device_id not in allow:
+            return _error(403, f"device {device_id} is not allowed on this server")
+        info: dict[str, Any] = {}
+        if request.can_read_body:
+            raw = await request.read()
+            if raw.strip():
+                try:
+                    parsed = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    return _error(400, f"the body is not JSON: {exc}")
+                if not isinstance(parsed, dict):
+                    return _error(400, "the body must be a JSON object")
+                info = parsed
+        application = info.get("application")
+        version = "0.0.0"
+        if isinstance(application, dict) and isinstance(application.get("version"), str):
+            version = application["version"]
+        log.info(
+            "OTA check from %s (client %s, firmware %s, activation v%s)",
+            device_id,
+            request.headers.get("Client-Id", "-"),
+            version,
+            request.headers.get("Activation-Version", "1"),
+        )
+        return web.json_response(
+            {
+                "server_time": {
+                    "timestamp": int(time.time() * 1000),
+                    "timezone_offset": _timezone_offset_min(self.settings.tools.timezone),
+                },
+                # The board's own version: nothing newer to install.
+                "firmware": {"version": version, "url": ""},
+                "websocket": {
+                    "url": self._websocket_url(request),
+                    "token": self.cfg.auth_token or "",
+                    "version": self.cfg.protocol_version,
+                },
+            }
+        )
+
+    def _websocket_url(self, request: web.Request) -> str:
+        if self.cfg.websocket_url:
+            return self.cfg.websocket_url
+        host = (request.host or "127.0.0.1").rsplit(":", 1)[0]
+        return f"ws://{host}:{self.ws_port}/xiaozhi/v1/"
+
+
+async def start_http_server(settings: ParleySettings, ws_port: int) -> tuple[web.AppRunner, int]:
+    """The plain HTTP side of the gateway; (runner, bound port)."""
+    app = web.Application(client_max_size=64 * 1024)
+    handler = OtaHandler(settings, ws_port)
+    for path in OTA_PATHS:
+        app.router.add_route("POST", path, handler)
+        app.router.add_route("GET", path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    g = settings.gateway
+    site = web.TCPSite(runner, g.host, g.http_port)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound port only here
+    port = int(server.sockets[0].getsockname()[1]) if server and server.sockets else g.http_port  # type: ignore[attr-defined]
+    return runner, port
