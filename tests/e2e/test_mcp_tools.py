@@ -22,19 +22,21 @@ from tests.support.openai_stub import OpenAIStub, tool_call_deltas
 pytestmark = pytest.mark.slow
 
 
-async def start_mcp_server(workdir, port: int) -> Process:
+async def start_mcp_server(
+    workdir, port: int, name: str = "school", transport: str = "streamable-http"
+) -> Process:
     return await spawn(
-        "mcp-school",
+        f"mcp-{name}",
         [
             sys.executable,
             "-m",
             "tests.support.mcp_server",
             "--transport",
-            "streamable-http",
+            transport,
             "--port",
             str(port),
             "--name",
-            "school",
+            name,
         ],
         workdir,
         {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
@@ -47,6 +49,8 @@ async def hub(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("mcp")
     port = free_port()
     school = await start_mcp_server(work, port)
+    garden_port = free_port()
+    garden = await start_mcp_server(work, garden_port, "garden", "sse")
     servers = [
         {
             "name": "school",
@@ -60,6 +64,11 @@ async def hub(tmp_path_factory: pytest.TempPathFactory):
             "command": sys.executable,
             "args": ["-m", "tests.support.mcp_server", "--name", "home"],
             "env": {"PYTHONPATH": str(REPO)},
+        },
+        {
+            "name": "garden",
+            "transport": "sse",
+            "url": f"http://127.0.0.1:{garden_port}/sse",
         },
         {
             "name": "ghost",
@@ -82,6 +91,7 @@ async def hub(tmp_path_factory: pytest.TempPathFactory):
             yield stack, stub, nc, state
             await nc.close()
     await stack.stop(state["school"])
+    await stack.stop(garden)
 
 
 async def tool_names(nc) -> set[str]:
@@ -111,6 +121,10 @@ async def test_servers_tools_are_listed_and_namespaced(hub) -> None:
     assert not any(n.startswith("ghost_") for n in names)
     reply = await call(nc, "home_get_exam_question", {"subject": "history"})
     assert reply.ok and "1989" in reply.content
+    # The SSE transport too.
+    assert "garden_set_light" in names
+    reply = await call(nc, "garden_set_light", {"room": "shed", "on": True})
+    assert reply.ok, reply.error
 
 
 async def test_spoken_request_switches_the_light_on(hub) -> None:
