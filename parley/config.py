@@ -93,6 +93,10 @@ class AsrSettings(StageSettings):
     timeout_s: float = Field(30.0, gt=0)
     # Audio kept before the VAD's start offset, so the first phoneme is not cut.
     pre_roll_ms: int = Field(300, ge=0, le=2000)
+    # Partial transcripts while the user speaks, at most this often (and never
+    # more than half the time: a partial waits as long as the last one took,
+    # so the final is not starved); 0 turns them off.
+    partial_interval_ms: int = Field(500, ge=0, le=10000)
 
 
 class LlmSettings(StageSettings):

@@ -1,10 +1,12 @@
 """The asr service: keeps each session's recent audio and transcribes each
-utterance the VAD delimits, as soon as it ends."""
+utterance the VAD delimits, as soon as it ends; partial transcripts while the
+user speaks when the machine has time for them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -25,6 +27,8 @@ RATE = 16000
 BYTES_PER_MS = RATE * 2 / 1000
 # Audio after the VAD's end offset: the last phoneme's tail.
 TAIL_MS = 150
+# Too little speech for a partial worth showing.
+MIN_PARTIAL_MS = 400
 
 
 class AudioRing:
@@ -71,6 +75,9 @@ class AsrSession(StageSession):
         self.ring = AudioRing(cfg.vad.max_utterance_ms + cfg.asr.pre_roll_ms + 5000)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._at_pause: tuple[tuple[float, float], asyncio.Task[Any]] | None = None
+        # The turn being spoken (turn id, start offset), for partials.
+        self._speaking: tuple[int, float] | None = None
+        self._next_partial_at = 0.0
 
     async def start(self) -> None:
         await super().start()
@@ -85,16 +92,62 @@ class AsrSession(StageSession):
         FRAMES.labels("asr", "audio.in").inc()
         if chunk.sample_rate == RATE and len(chunk.pcm) % 2 == 0:
             self.ring.append(chunk.offset_ms, chunk.pcm)
+            self._maybe_partial()
+
+    def _maybe_partial(self) -> None:
+        """A partial only when nothing else is being transcribed for the
+        session: the final (or the at-pause transcript) never queues behind it."""
+        interval = self.asr.settings.asr.partial_interval_ms
+        if not interval or self._speaking is None or self._tasks:
+            return
+        turn_id, start_ms = self._speaking
+        if self.ring.end_ms - start_ms < MIN_PARTIAL_MS or time.monotonic() < self._next_partial_at:
+            return
+        self._spawn(self._partial(turn_id, start_ms, self.ring.end_ms))
+
+    async def _partial(self, turn_id: int, start_ms: float, end_ms: float) -> None:
+        pcm = self.ring.slice(start_ms - self.asr.settings.asr.pre_roll_ms, end_ms)
+        language = setting(self.settings, "language", self.asr.settings.asr.language) or None
+        try:
+            result = await self.asr.transcriber.transcribe(pcm, RATE, language)
+        except Exception as exc:  # a partial is a nicety: the final reports failures
+            log.info("partial transcript failed: %s", exc)
+            return
+        finally:
+            interval = self.asr.settings.asr.partial_interval_ms
+            self._next_partial_at = time.monotonic() + interval / 1000
+        STAGE_SECONDS.labels("asr", "partial").observe(result.processing_ms / 1000)
+        # At most half the time on partials: wait as long as this one took.
+        self._next_partial_at = max(
+            self._next_partial_at, time.monotonic() + result.processing_ms / 1000
+        )
+        if self._speaking is None or self._speaking[0] != turn_id or not result.text.strip():
+            return  # the turn ended meanwhile: its final says it better
+        await self.publish(
+            "asr",
+            asr_pb2.Transcript(
+                text=result.text,
+                final=False,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                language=result.language or "",
+                processing_ms=result.processing_ms,
+            ),
+            turn_id=turn_id,
+        )
 
     async def _on_vad(self, event: vad_pb2.VadEvent) -> None:
         kind = event.WhichOneof("event")
         turn_id = event.meta.turn_id
-        if kind == "speech_paused":
+        if kind == "speech_started":
+            self._speaking = (turn_id, event.speech_started.start_ms)
+        elif kind == "speech_paused":
             span = (event.speech_paused.start_ms, event.speech_paused.end_ms)
             # Transcribed now, while the user is silent anyway; if the turn
             # ends at this same point, the final transcript is ready at once.
             self._at_pause = (span, self._spawn(self._recognize(turn_id, *span, at_pause=True)))
         elif kind == "speech_stopped":
+            self._speaking = None
             stopped = event.speech_stopped
             span = (stopped.start_ms, stopped.end_ms)
             early = self._at_pause

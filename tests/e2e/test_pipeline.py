@@ -125,3 +125,24 @@ async def test_vad_stats_for_a_meter_only_when_asked(stack) -> None:
         assert any(s["probability"] > 0.5 for s in stats)
     finally:
         await client.close()
+
+
+async def test_partial_transcripts_while_speaking_then_the_final(stack) -> None:
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        speech = synthesize_speech(
+            "I would like to know how long it takes to travel from Paris to Berlin by train."
+        )
+        await client.stream(silence(200) + speech + silence(900))
+        final = await client.wait_for("transcription", final=True, timeout=60)
+        got = client.events[: client.events.index(final)]
+        partials = [e for e in got if e["type"] == "transcription" and not e["final"]]
+        assert partials, "no partial transcript while the user spoke"
+        assert all(p["turn_id"] == final["turn_id"] for p in partials)
+        # Partials grow with the utterance; the final has it all.
+        assert {"paris", "berlin"} <= words(final["text"])
+        assert len(partials[-1]["text"]) <= len(final["text"]) + 10
+        started = await client.wait_for("response_start", timeout=60)
+        await client.wait_for("tts_end", response_id=started["response_id"], timeout=90)
+    finally:
+        await client.close()
