@@ -211,11 +211,10 @@ class EchoKitSettings(Section):
     # The boards buffer what they get; a longer lead than the gateway's keeps
     # their download-speed check (which turns streaming off) happy.
     playback_lead_ms: int = Field(1500, ge=0, le=5000)
-    # Push-to-talk (no stream_asr): the silence that ends a turn without Submit.
-    submit_silence_ms: int = Field(3000, ge=200, le=3000)
-    # The firmware cannot send a token; these guard it instead. None allows all.
+    # Board ids (the firmware uses its MAC) allowed to connect; None allows all.
     device_allowlist: list[str] | None = None
-    # For other clients, which can: ?token=... or Authorization: Bearer.
+    # ?token=... or Authorization: Bearer, for clients that can send one (the
+    # firmware cannot); None asks for none. gateway.auth_token does not apply.
     auth_token: str | None = None
 
 

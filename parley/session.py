@@ -129,6 +129,8 @@ class StageSession:
             await self.on_tools_changed()
         elif kind == "dismiss":
             await self.on_dismiss(msg.dismiss.turn_id)
+        elif kind == "hold":
+            await self.on_hold(msg.hold.turn_id, msg.hold.release)
 
     async def on_settings(self) -> None:
         pass
@@ -146,6 +148,9 @@ class StageSession:
         pass
 
     async def on_tools_changed(self) -> None:
+        pass
+
+    async def on_hold(self, turn_id: int, release: bool) -> None:
         pass
 
     async def on_dismiss(self, turn_id: int) -> None:

@@ -49,6 +49,9 @@ class Playback:
         self._paused_at = 0.0  # while deciding whether the user is interrupting
         self._resumed = asyncio.Event()
         self._resumed.set()
+        # Called when a response's last frame has left, before the listener has
+        # heard it: for protocols that announce the end of the stream itself.
+        self.on_sent: Callable[[str], Awaitable[None]] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -121,6 +124,8 @@ class Playback:
             item = self._queue[0]
             if isinstance(item, _End):
                 self._queue.popleft()
+                if self.on_sent is not None:
+                    await self.on_sent(item.response_id)
                 # The response has ended when the listener has heard it, not
                 # when its last frame left: wait out the lead.
                 if item.response_id == self.response_id and self._started_at:

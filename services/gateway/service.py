@@ -20,10 +20,12 @@ from parley.metrics import start_metrics_server
 from parley.tracing import setup_tracing
 from parley.v1 import common_pb2
 from services.gateway import web_page
+from services.gateway.echokit import EchoKitEndpoint
 from services.gateway.endpoints import WsEndpoint
 from services.gateway.grpc_api import start_grpc_server, stop_grpc_server
 from services.gateway.parley_ws import ParleyEndpoint
 from services.gateway.placement import PlacementClient, PlacementError
+from services.gateway.realtime import RealtimeEndpoint
 from services.gateway.session import ClientSink, GatewaySession
 from services.gateway.xiaozhi import XiaozhiEndpoint
 from services.gateway.xiaozhi_ota import start_http_server
@@ -33,7 +35,12 @@ log = logging.getLogger("parley.gateway")
 
 def endpoints(settings: ParleySettings) -> list[WsEndpoint]:
     """Every protocol the gateway speaks, first match wins."""
-    return [ParleyEndpoint(settings), XiaozhiEndpoint(settings)]
+    return [
+        ParleyEndpoint(settings),
+        XiaozhiEndpoint(settings),
+        EchoKitEndpoint(settings),
+        RealtimeEndpoint(settings),
+    ]
 
 
 class Gateway:
@@ -151,10 +158,11 @@ async def run() -> None:
     port = await gateway.start()
     host = settings.gateway.host
     log.info(
-        "gateway ready: ws://%s:%d/v1/ws http=:%d (xiaozhi OTA) metrics=:%d",
+        "gateway ready: ws://%s:%d/v1/ws http=:%d (xiaozhi OTA) grpc=:%d metrics=:%d",
         host,
         port,
         gateway.http_port,
+        gateway.grpc_port,
         metrics_port,
     )
     await stop.wait()

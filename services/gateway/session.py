@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from typing import Any, Protocol
@@ -53,6 +54,7 @@ _STOP_REASON = {
     vad_pb2.SpeechStopped.SILENCE: "silence",
     vad_pb2.SpeechStopped.MAX_UTTERANCE: "max_utterance",
     vad_pb2.SpeechStopped.CLIENT_COMMIT: "commit",
+    vad_pb2.SpeechStopped.TRANSCRIPT: "transcript",
 }
 
 
@@ -62,6 +64,29 @@ class ClientSink(Protocol):
     async def send_audio(self, pcm: bytes) -> None: ...
 
     async def close(self, reason: str) -> None: ...
+
+
+# While the answer is paused on a possible acknowledgement: how long to wait
+# for its words, and how much speech is too long to be one.
+# (The transcript of a short clip takes ~0.2 s; seconds on a loaded machine.)
+BACKCHANNEL_WAIT_S = 6.0
+BACKCHANNEL_MAX_MS = 1200
+_WORDS = re.compile(r"[a-z']+(?:-[a-z']+)*")
+
+
+def parse_backchannels(raw: str) -> frozenset[str]:
+    return frozenset(" ".join(_WORDS.findall(w.lower())) for w in raw.split(",") if w.strip())
+
+
+def is_backchannel(text: str, backchannels: frozenset[str]) -> bool:
+    """Nothing but acknowledgements ("Mm-hmm.", "Yeah, okay."); no words at all
+    (a cough Whisper hears as nothing) counts too."""
+    words = _WORDS.findall(text.lower())
+    if not words:
+        return True
+    if " ".join(words) in backchannels:
+        return True
+    return all(word in backchannels for word in words)
 
 
 class ClientTools(Protocol):
@@ -98,7 +123,11 @@ SETTINGS_FIELDS: dict[str, type] = {
     "voice": str,
     "vad_stats": bool,
     "early_answer": bool,
+    "turn_detection": bool,
+    "backchannels": str,
+    "turn_detector": str,
 }
+_CHOICES = {"turn_detector": ("silence", "transcript")}
 _RANGES = {
     "vad_threshold": (0.01, 0.99),
     "min_speech_ms": (0, 5000),
@@ -122,6 +151,8 @@ def settings_from_json(raw: Any) -> common_pb2.Settings:
             ok = True
         if not ok:
             raise ClientError("bad_field", f"settings.{key} must be a {kind.__name__}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ClientError("bad_field", f"settings.{key} must be one of {_CHOICES[key]}")
         if key in _RANGES:
             lo, hi = _RANGES[key]
             if not lo <= value <= hi:
@@ -145,6 +176,9 @@ def settings_to_json(settings: common_pb2.Settings, defaults: ParleySettings) ->
         "voice": setting(settings, "voice", ""),
         "vad_stats": setting(settings, "vad_stats", False),
         "early_answer": setting(settings, "early_answer", True),
+        "turn_detection": setting(settings, "turn_detection", True),
+        "backchannels": setting(settings, "backchannels", ""),
+        "turn_detector": setting(settings, "turn_detector", "silence"),
     }
 
 
@@ -203,9 +237,11 @@ class GatewaySession:
         self._listen_span: trace.Span | None = None
         self.turn_spans: dict[int, trace.Span] = {}
         self._audio_out_context: dict[str, otel_context.Context] = {}
-        self._interrupt_check: asyncio.Task[None] | None = None
+        self._interrupt_checks: set[asyncio.Task[None]] = set()
+        self._holds = 0  # interrupt checks under way; the answer is paused meanwhile
         self._speech_turn = 0
         self.client_tools: ClientTools | None = None
+        self._turn_text: dict[int, str] = {}  # the latest transcript of recent turns
         self._tool_calls: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------
@@ -273,7 +309,7 @@ class GatewaySession:
                 await sub.unsubscribe()
             except Exception:
                 pass
-        for task in list(self._tool_calls):
+        for task in [*self._tool_calls, *self._interrupt_checks]:
             task.cancel()
         self.placement_client.forget(self.session_id)
         for turn_id in list(self.turn_spans):
@@ -392,6 +428,36 @@ class GatewaySession:
     async def interrupt(self) -> None:
         await self._interrupt("client")
 
+    async def truncate(self, response_id: str, played_ms: float) -> None:
+        """The client says how much of an answer it really played (a Realtime
+        conversation.item.truncate, after the answer was cut): the history
+        keeps what that much audio held, instead of the pacing clock's guess."""
+        resp = self.responses.get(response_id)
+        if resp is None:
+            return
+        order = sorted(resp.sentences)
+        heard = heard_text(
+            [resp.sentences[i] for i in order],
+            [resp.sentence_ms.get(i, 0.0) for i in order],
+            played_ms,
+        )
+        await self._control(
+            control_pb2.Control(
+                interrupt=control_pb2.Interrupt(
+                    response_id=response_id,
+                    played_ms=played_ms,
+                    reason="truncated",
+                    heard_text=heard,
+                )
+            )
+        )
+
+    async def dismiss_turn(self, turn_id: int, reason: str) -> None:
+        """Leave this user turn unanswered (the client dropped its input)."""
+        await self._control(
+            control_pb2.Control(dismiss=control_pb2.DismissTurn(turn_id=turn_id, reason=reason))
+        )
+
     async def playback_mark(self, response_id: str, played_ms: float) -> None:
         await self._control(
             control_pb2.Control(
@@ -457,33 +523,67 @@ class GatewaySession:
     async def _maybe_interrupt(self, start_ms: float) -> None:
         """Barge-in. With a minimum interrupt duration the answer is paused
         first, and cut only if the user is still speaking when it has passed;
-        a cough or an "mm-hm" lets it resume where it stopped."""
+        with backchannel words it is cut only once the words heard are not just
+        an "mm-hm". A cough or an acknowledgement lets it resume where it stopped."""
         needed = setting(self.settings, "min_interrupt_ms", 0)
-        if needed <= 0:
+        backchannels = parse_backchannels(setting(self.settings, "backchannels", ""))
+        if needed <= 0 and not backchannels:
             await self._interrupt("user speech")
             return
+        # Each sound is judged on its own (an "mm-hm", then a cough); the
+        # answer stays paused until every judgement is in.
+        self._holds += 1
         self.playback.pause()
-        if self._interrupt_check is not None:
-            self._interrupt_check.cancel()
-        self._interrupt_check = asyncio.create_task(
-            self._confirm_interrupt(self._speech_turn, start_ms + needed)
-        )
+        turn_id = self._speech_turn
+        # The llm waits for the verdict: a final transcript racing the
+        # dismissal must not be answered.
+        await self._control(control_pb2.Control(hold=control_pb2.HoldTurn(turn_id=turn_id)))
+        task = asyncio.create_task(self._confirm_interrupt(turn_id, start_ms, needed, backchannels))
+        self._interrupt_checks.add(task)
+        task.add_done_callback(self._interrupt_checks.discard)
 
-    async def _confirm_interrupt(self, turn_id: int, until_ms: float) -> None:
+    async def _confirm_interrupt(
+        self, turn_id: int, start_ms: float, needed: int, backchannels: frozenset[str]
+    ) -> None:
         try:
-            while self.user_speaking and self._in_offset_ms < until_ms:
+            while self.user_speaking and self._in_offset_ms < start_ms + needed:
                 await asyncio.sleep(0.02)
-            if self.user_speaking:
-                await self._interrupt("user speech")
-            else:
-                log.info("turn %d too short to interrupt; the answer resumes", turn_id)
-                await self._control(
-                    control_pb2.Control(
-                        dismiss=control_pb2.DismissTurn(turn_id=turn_id, reason="too short")
-                    )
-                )
+            if not self.user_speaking and (needed > 0 or not backchannels):
+                await self._dismiss(turn_id, "too short")
+                return
+            if backchannels:
+                words = await self._words_of(turn_id, start_ms)
+                if words is not None and is_backchannel(words, backchannels):
+                    await self._dismiss(turn_id, f"backchannel {words!r}")
+                    return
+            await self._interrupt("user speech")
+            await self._control(
+                control_pb2.Control(hold=control_pb2.HoldTurn(turn_id=turn_id, release=True))
+            )
         finally:
-            self.playback.resume()
+            self._holds -= 1
+            if not self._holds:
+                self.playback.resume()
+
+    async def _words_of(self, turn_id: int, start_ms: float) -> str | None:
+        """What the user said, once they stop (the transcript at the pause or
+        the final one: a partial may be the "okay" of "okay, stop"); None when
+        they go on too long for an acknowledgement."""
+        deadline = time.monotonic() + BACKCHANNEL_WAIT_S
+        while time.monotonic() < deadline:
+            if self.user_speaking and self._speech_turn == turn_id:
+                if self._in_offset_ms - start_ms > BACKCHANNEL_MAX_MS:
+                    return None
+            elif (text := self._turn_text.get(turn_id)) is not None:
+                return text
+            await asyncio.sleep(0.02)
+        return None
+
+    async def _dismiss(self, turn_id: int, reason: str) -> None:
+        log.info("turn %d is not an interruption (%s); the answer resumes", turn_id, reason)
+        await self._control(
+            control_pb2.Control(dismiss=control_pb2.DismissTurn(turn_id=turn_id, reason=reason))
+        )
 
     async def _interrupt(self, reason: str) -> None:
         rid = self.current_response
@@ -598,6 +698,10 @@ class GatewaySession:
             )
 
     async def _on_asr(self, msg: asr_pb2.Transcript) -> None:
+        if msg.final or msg.at_pause:
+            self._turn_text[msg.meta.turn_id] = msg.text
+            for old in sorted(self._turn_text)[:-4]:
+                del self._turn_text[old]
         if msg.final:
             self._turn(msg.meta.turn_id).mark("final_transcript")
             if not msg.text.strip():

@@ -76,6 +76,9 @@ class LlmSession(StageSession):
         )
         self.current: _Generation | None = None
         self._dismissed: set[int] = set()
+        # Turns the gateway is still judging (interruption or not), with their
+        # final transcript once it has come.
+        self._held: dict[int, asr_pb2.Transcript | None] = {}
         self._ending = False
         self._tools_cache: tuple[float, list[dict[str, Any]] | None] | None = None
 
@@ -100,8 +103,21 @@ class LlmSession(StageSession):
         turn_id = transcript.meta.turn_id
         if not text or turn_id in self._dismissed:
             return
+        if turn_id in self._held:
+            if transcript.final:
+                self._held[turn_id] = transcript
+            return
         if transcript.at_pause:
-            if setting(self.settings, "early_answer", True):
+            # Not over an answer still being generated: the words may be an
+            # "mm-hm" the gateway lets the answer go on through.
+            current = self.current
+            answering = (
+                current is not None
+                and not current.speculative
+                and current.task is not None
+                and not current.task.done()
+            )
+            if setting(self.settings, "early_answer", True) and not answering:
                 await self._respond(turn_id, text, speculative=True)
             return
         if not transcript.final:
@@ -123,7 +139,16 @@ class LlmSession(StageSession):
     async def on_tools_changed(self) -> None:
         self._tools_cache = None
 
+    async def on_hold(self, turn_id: int, release: bool) -> None:
+        if not release:
+            self._held.setdefault(turn_id, None)
+            return
+        transcript = self._held.pop(turn_id, None)
+        if transcript is not None:
+            await self._on_transcript(transcript)
+
     async def on_dismiss(self, turn_id: int) -> None:
+        self._held.pop(turn_id, None)
         self._dismissed.add(turn_id)
         gen = self.current
         if gen is not None and gen.speculative and gen.turn_id == turn_id:
@@ -165,8 +190,14 @@ class LlmSession(StageSession):
         gen = self.current
         if gen is None or gen.response_id != interrupt.response_id:
             return
-        INTERRUPTS.labels("llm").inc()
+        if interrupt.reason != "truncated":
+            INTERRUPTS.labels("llm").inc()
         gen.heard_text = interrupt.heard_text
+        if gen.task is not None and gen.task.done():
+            # Generated in full before it was cut (its audio was still
+            # playing): the history holds all of it, keep what was heard.
+            self.conversation.truncate_last_assistant(interrupt.heard_text)
+            return
         await self._stop(gen)
 
     async def _stop(self, gen: _Generation) -> None:

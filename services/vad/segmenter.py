@@ -19,6 +19,9 @@ class SegmenterConfig:
     # A pause this long (shorter than silence_ms) is announced, so the answer
     # can be prepared before the turn is known to be over; 0 turns it off.
     early_pause_ms: float = 250
+    # False (push-to-talk): silence never ends the turn; only commit() or
+    # max_utterance_ms does.
+    end_on_silence: bool = True
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Started:
 class Stopped:
     start_ms: float
     end_ms: float
-    reason: str  # "silence" | "max_utterance" | "commit"
+    reason: str  # "silence" | "max_utterance" | "commit" | "transcript"
 
 
 @dataclass
@@ -90,9 +93,14 @@ class Segmenter:
                 self._silence_since = at
                 self._pause_announced = False
             silent = at + self.window_ms - self._silence_since
-            if silent >= cfg.silence_ms:
+            if cfg.end_on_silence and silent >= cfg.silence_ms:
                 return self._stop(self._silence_since, "silence")
-            if cfg.early_pause_ms and silent >= cfg.early_pause_ms and not self._pause_announced:
+            if (
+                cfg.end_on_silence
+                and cfg.early_pause_ms
+                and silent >= cfg.early_pause_ms
+                and not self._pause_announced
+            ):
                 self._pause_announced = True
                 return Paused(self._start_ms, self._silence_since)
         elif probability >= cfg.threshold:
@@ -106,6 +114,20 @@ class Segmenter:
         if not self.speaking:
             return None
         return self._stop(self._silence_since or self.position_ms, "commit")
+
+    def end_at_pause(self, pause_ms: float) -> Stopped | None:
+        """End the turn at the pause that began at pause_ms, if the user has
+        been silent since (a turn detector read the transcript as complete)."""
+        if not self.speaking or self._silence_since != pause_ms:
+            return None
+        return self._stop(pause_ms, "transcript")
+
+    def discard(self) -> None:
+        """Forget the turn in progress without announcing its end (the
+        client cleared its input): the next speech opens a new turn."""
+        self.speaking = False
+        self._candidate_start = None
+        self._silence_since = None
 
     def _stop(self, end_ms: float, reason: str) -> Stopped:
         self.speaking = False

@@ -13,7 +13,7 @@ from parley.config import VadSettings
 from parley.metrics import DROPPED_FRAMES, FRAMES, TURNS
 from parley.service import Stage
 from parley.session import StageSession, setting
-from parley.v1 import audio_pb2, common_pb2, control_pb2, vad_pb2
+from parley.v1 import asr_pb2, audio_pb2, common_pb2, control_pb2, vad_pb2
 from services.vad.segmenter import (
     Decision,
     Paused,
@@ -22,6 +22,7 @@ from services.vad.segmenter import (
     Started,
 )
 from services.vad.silero import SAMPLE_RATE, WINDOW_MS, SileroModel, SileroStream
+from services.vad.turn_detector import turn_detector
 
 log = logging.getLogger("parley.vad")
 tracer = trace.get_tracer("parley.vad")
@@ -30,6 +31,7 @@ _REASONS = {
     "silence": vad_pb2.SpeechStopped.SILENCE,
     "max_utterance": vad_pb2.SpeechStopped.MAX_UTTERANCE,
     "commit": vad_pb2.SpeechStopped.CLIENT_COMMIT,
+    "transcript": vad_pb2.SpeechStopped.TRANSCRIPT,
 }
 
 
@@ -59,12 +61,30 @@ class VadSession(StageSession):
             min_speech_ms=setting(s, "min_speech_ms", d.min_speech_ms),
             silence_ms=setting(s, "silence_ms", d.silence_ms),
             max_utterance_ms=setting(s, "max_utterance_ms", d.max_utterance_ms),
-            early_pause_ms=d.early_pause_ms if setting(s, "early_answer", True) else 0,
+            # Pauses feed the early answer and the transcript turn detector.
+            early_pause_ms=d.early_pause_ms
+            if setting(s, "early_answer", True)
+            or setting(s, "turn_detector", "silence") != "silence"
+            else 0,
+            end_on_silence=setting(s, "turn_detection", True),
         )
 
     async def start(self) -> None:
         await super().start()
         await self.subscribe("audio.in", audio_pb2.AudioChunk, self._on_audio)
+        await self.subscribe("asr", asr_pb2.Transcript, self._on_transcript)
+
+    async def _on_transcript(self, transcript: asr_pb2.Transcript) -> None:
+        """The transcript at a pause, for a detector that ends turns on words."""
+        if not transcript.at_pause or transcript.meta.turn_id != self.turn_id:
+            return
+        detector = turn_detector(setting(self.settings, "turn_detector", "silence"))
+        if not detector.ends_turn(transcript.text):
+            return
+        decision = self.segmenter.end_at_pause(transcript.end_ms)
+        if decision is not None:
+            log.info("turn %d complete at its pause: %r", self.turn_id, transcript.text)
+            await self._announce(decision)
 
     async def on_settings(self) -> None:
         self.segmenter.config = self._segmenter_config()
@@ -166,6 +186,16 @@ class VadSession(StageSession):
 
     async def on_interrupt(self, interrupt: control_pb2.Interrupt, meta: common_pb2.Meta) -> None:
         pass
+
+    async def on_dismiss(self, turn_id: int) -> None:
+        # Push-to-talk: a dismissed turn in progress would otherwise swallow
+        # everything said until the next commit.
+        if (
+            not setting(self.settings, "turn_detection", True)
+            and turn_id == self.turn_id
+            and self.segmenter.speaking
+        ):
+            self.segmenter.discard()
 
 
 class VadStage(Stage):
