@@ -70,7 +70,7 @@ bench: setup
 	    kill -0 $$(cat var/bench-stack.pid) 2>/dev/null || break; sleep 1; done; \
 	  if ! grep -q "Parley is ready" var/bench-stack.log; then \
 	    tail -30 var/bench-stack.log; kill $$(cat var/bench-stack.pid) 2>/dev/null; exit 1; fi; \
-	  $(VENV)/bin/parley bench --out bench-report.json; rc=$$?; \
+	  $(VENV)/bin/parley bench --warmup 1 --out bench-report.json; rc=$$?; \
 	  kill -TERM $$(cat var/bench-stack.pid); wait 2>/dev/null; exit $$rc
 
 lint: setup

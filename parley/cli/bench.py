@@ -219,12 +219,29 @@ def peak_memory_mb(pids: dict[str, list[int]]) -> dict[str, float]:
 
 
 # --- one question -----------------------------------------------------------------
-async def one_turn(url: str, token: str | None, question: str, timeout: float) -> dict[str, Any]:
-    """Ask one question in a fresh session; its timings, words and errors."""
+async def one_turn(
+    url: str,
+    token: str | None,
+    question: str,
+    timeout: float,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Ask one question in a fresh session (with these session settings);
+    its timings, words and errors."""
     result: dict[str, Any] = {"question": question, "errors": []}
     client = await GatewayClient.open(url, token)
     mic = Microphone(client.ws, client.input_rate, FRAME_MS, url)
     try:
+        if settings:
+            result["settings"] = settings
+            mark = len(client.events)
+            await client.send_json({"type": "settings_update", "settings": settings})
+            await client.wait(
+                lambda: client.find(
+                    lambda e: e["type"] in ("settings_updated", "error"), since=mark
+                ),
+                10,
+            )
         speech = synthesize_speech(question, client.input_rate)
         true_end_ms = LEAD_MS + last_voiced_ms(speech, client.input_rate)
         result["speech_ms"] = round(len(speech) / (client.input_rate * 2) * 1000, 1)
@@ -288,6 +305,29 @@ def build_report(
     }
 
 
+def early_answer_comparison(on: list[dict[str, Any]], off: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same questions with the early answer on and off, interleaved in one
+    run: end of speech -> first audio for each, and what the early answer saves."""
+
+    def first_audio(turns: list[dict[str, Any]]) -> list[float]:
+        return [t["hops_ms"]["first_audio"] for t in turns if "first_audio" in t["hops_ms"]]
+
+    with_it, without = first_audio(on), first_audio(off)
+    result: dict[str, Any] = {
+        "first_audio_ms_on": summary(with_it),
+        "first_audio_ms_off": summary(without),
+        "per_turn_off": off,
+    }
+    if with_it and without:
+        result["median_saved_ms"] = round(
+            statistics.median(without) - statistics.median(with_it), 1
+        )
+        result["median_ratio_on_to_off"] = round(
+            statistics.median(with_it) / statistics.median(without), 3
+        )
+    return result
+
+
 def format_table(report: dict[str, Any]) -> str:
     def cell(s: dict[str, float], key: str) -> str:
         return f"{s[key]:>7.0f}" if key in s else f"{'-':>7}"
@@ -313,6 +353,13 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"peak memory (MB, VmHWM): {shown}")
     else:
         lines.append("peak memory: no Parley service processes found on this machine")
+    early = report.get("early_answer")
+    if early and "median_saved_ms" in early:
+        lines.append(
+            f"early answer: first audio p50 {early['first_audio_ms_on'].get('p50', 0):.0f} ms on, "
+            f"{early['first_audio_ms_off'].get('p50', 0):.0f} ms off "
+            f"(saves {early['median_saved_ms']:.0f} ms, ratio {early['median_ratio_on_to_off']})"
+        )
     errors = report["errors"]
     lines.append(f"errors: {len(errors)}" + (f" (first: {errors[0]['error']})" if errors else ""))
     return "\n".join(lines)
@@ -326,6 +373,7 @@ async def bench(
     token: str | None = None,
     pids: dict[str, list[int]] | None = None,
     warmup: int = 0,
+    compare_early_answer: bool = True,
 ) -> int:
     questions = pick_questions(count)
     started = time.monotonic()
@@ -335,25 +383,33 @@ async def bench(
     print(f"synthesized {len(set(questions))} questions in {time.monotonic() - started:.1f} s")
 
     turns: list[dict[str, Any]] = []
+    turns_off: list[dict[str, Any]] = []
     for n in range(-warmup, count):
         question = questions[n] if n >= 0 else WARMUP_QUESTION
         label = f"warm-up {n + warmup + 1}/{warmup}" if n < 0 else f"{n + 1}/{count}"
-        try:
-            turn = await one_turn(url, token, question, timeout)
-        except GatewayError as exc:
-            if not turns and n == -warmup:
-                print(f"parley: {exc}")
-                return 1
-            turn = {"question": question, "hops_ms": {}, "errors": [str(exc)]}
-        if n < 0:
-            continue
-        turns.append(turn)
-        hops = turn["hops_ms"]
-        shown = "  ".join(f"{h} {hops[h]:.0f}" for h in HOPS_WITH_AUDIO if h in hops)
-        print(f"[{label}] {question!r} -> {turn.get('answer', '')!r}")
-        print(f"        {shown or 'no timings'}")
-        for error in turn["errors"]:
-            print(f"        {error}")
+        # Each question is asked with the early answer on (the default) and,
+        # when comparing, off; the order alternates so drift favours neither.
+        variants: list[dict[str, Any] | None] = [None]
+        if compare_early_answer and n >= 0:
+            variants = [None, {"early_answer": False}][:: 1 if n % 2 == 0 else -1]
+        for settings in variants:
+            try:
+                turn = await one_turn(url, token, question, timeout, settings)
+            except GatewayError as exc:
+                if not turns and n == -warmup:
+                    print(f"parley: {exc}")
+                    return 1
+                turn = {"question": question, "hops_ms": {}, "errors": [str(exc)]}
+            if n < 0:
+                continue
+            (turns if settings is None else turns_off).append(turn)
+            hops = turn["hops_ms"]
+            shown = "  ".join(f"{h} {hops[h]:.0f}" for h in HOPS_WITH_AUDIO if h in hops)
+            tag = " (early answer off)" if settings else ""
+            print(f"[{label}]{tag} {question!r} -> {turn.get('answer', '')!r}")
+            print(f"        {shown or 'no timings'}")
+            for error in turn["errors"]:
+                print(f"        {error}")
 
     if pids:
         memory_pids, scope = pids, "--pids"
@@ -361,6 +417,8 @@ async def bench(
         memory_pids, scope = discover_services(url)
     report = build_report(url, turns, peak_memory_mb(memory_pids), scope)
     report["warmup_questions"] = warmup
+    if compare_early_answer:
+        report["early_answer"] = early_answer_comparison(turns, turns_off)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")  # noqa: ASYNC240 (once, at the end)
     print()
     print(format_table(report))

@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=0, help="untimed questions asked first (default 0)"
     )
     bench.add_argument(
+        "--compare-early-answer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask each question again with the early answer off and report what it saves "
+        "(default on)",
+    )
+    bench.add_argument(
         "--pids",
         help="service=pid,... whose peak memory to report "
         "(default: found from /proc by their `-m services.<name>` command lines)",
@@ -143,7 +150,16 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ValueError as exc:
             parser.error(str(exc))
     return asyncio.run(
-        bench(args.url, args.questions, args.out, args.timeout, args.token, pids, args.warmup)
+        bench(
+            args.url,
+            args.questions,
+            args.out,
+            args.timeout,
+            args.token,
+            pids,
+            args.warmup,
+            args.compare_early_answer,
+        )
     )
 
 

@@ -239,6 +239,7 @@ class GatewaySession:
         self._audio_out_context: dict[str, otel_context.Context] = {}
         self._interrupt_checks: set[asyncio.Task[None]] = set()
         self._holds = 0  # interrupt checks under way; the answer is paused meanwhile
+        self._onset_hold: asyncio.TimerHandle | None = None
         self._speech_turn = 0
         self.client_tools: ClientTools | None = None
         self._turn_text: dict[int, str] = {}  # the latest transcript of recent turns
@@ -311,6 +312,8 @@ class GatewaySession:
                 pass
         for task in [*self._tool_calls, *self._interrupt_checks]:
             task.cancel()
+        if self._onset_hold is not None:
+            self._onset_hold.cancel()
         self.placement_client.forget(self.session_id)
         for turn_id in list(self.turn_spans):
             self._end_turn_span(turn_id)
@@ -520,6 +523,27 @@ class GatewaySession:
             return False
         return not resp.text_done or self.playback.playing()
 
+    def _hold_on_onset(self) -> None:
+        """A voice began while the agent talks: stop sending its audio now
+        rather than when the voice has lasted min_speech_ms, so a real
+        interruption silences it at once. The turn's start (or the voice
+        fading) releases the hold; the timer covers a lost event."""
+        if self._onset_hold is not None:
+            return
+        self._holds += 1
+        self.playback.pause()
+        limit = setting(self.settings, "min_speech_ms", self.defaults.vad.min_speech_ms) / 1000 + 1
+        self._onset_hold = asyncio.get_running_loop().call_later(limit, self._release_onset)
+
+    def _release_onset(self) -> None:
+        if self._onset_hold is None:
+            return
+        self._onset_hold.cancel()
+        self._onset_hold = None
+        self._holds -= 1
+        if not self._holds:
+            self.playback.resume()
+
     async def _maybe_interrupt(self, start_ms: float) -> None:
         """Barge-in. With a minimum interrupt duration the answer is paused
         first, and cut only if the user is still speaking when it has passed;
@@ -634,7 +658,12 @@ class GatewaySession:
     async def _on_vad(self, msg: vad_pb2.VadEvent) -> None:
         kind = msg.WhichOneof("event")
         turn_id = msg.meta.turn_id
-        if kind == "speech_started":
+        if kind == "voice_onset":
+            if msg.voice_onset.dropped:
+                self._release_onset()
+            elif self.agent_active() and setting(self.settings, "barge_in", True):
+                self._hold_on_onset()
+        elif kind == "speech_started":
             self.user_speaking = True
             self._speech_turn = turn_id
             await self.sink.send_event(
@@ -657,6 +686,8 @@ class GatewaySession:
                             )
                         )
                     )
+            # The turn's own judgement (cut, or pause until confirmed) takes over.
+            self._release_onset()
         elif kind == "speech_stopped":
             self.user_speaking = False
             stopped = msg.speech_stopped

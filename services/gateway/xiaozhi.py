@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from parley.config import ParleySettings, XiaozhiSettings
 from parley.metrics import ERRORS, FRAMES
+from parley.v1 import common_pb2
 from services.gateway import xiaozhi_framing as framing
 from services.gateway.endpoints import refuse
 from services.gateway.opus_codec import (
@@ -302,6 +303,9 @@ class XiaozhiConnection:
             mode = msg.get("mode", "auto")
             if mode not in LISTEN_MODES:
                 raise ClientError("bad_field", f"listen mode must be one of {LISTEN_MODES}")
+            if (mode == "manual") != (self.mode == "manual"):
+                # Push-to-talk: the button, not a pause, ends the turn.
+                await session.update_settings(common_pb2.Settings(turn_detection=mode != "manual"))
             self.mode = mode
         elif state == "stop":
             # The end of a push-to-talk turn; in auto mode server VAD has

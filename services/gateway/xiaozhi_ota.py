@@ -98,8 +98,8 @@ async def start_http_server(settings: ParleySettings, ws_port: int) -> tuple[web
     app = web.Application(client_max_size=64 * 1024)
     handler = OtaHandler(settings, ws_port)
     for path in OTA_PATHS:
-        app.router.add_route("POST", path, handler)
-        app.router.add_route("GET", path, handler)
+        app.router.add_route("POST", path, handler.__call__)
+        app.router.add_route("GET", path, handler.__call__)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     g = settings.gateway

@@ -60,6 +60,13 @@ class Segmenter:
         self._pause_announced = False
 
     @property
+    def voice_onset_ms(self) -> float | None:
+        """Where a voice was heard that is not yet long enough to be speech
+        (min_speech_ms), if one is: the service announces it so that an agent
+        that is talking can hold its voice at once."""
+        return None if self.speaking else self._candidate_start
+
+    @property
     def neg_threshold(self) -> float:
         return max(0.01, self.config.threshold - self.config.neg_offset)
 

@@ -106,9 +106,12 @@ class VadSession(StageSession):
         loop = asyncio.get_running_loop()
         windows = await loop.run_in_executor(self.vad_stage.executor, self.stream.push, chunk.pcm)
         for probability, energy_db in windows:
+            onset = self.segmenter.voice_onset_ms
             decision = self.segmenter.push(probability)
             if decision is not None:
                 await self._announce(decision)
+            elif onset != self.segmenter.voice_onset_ms:
+                await self._announce_onset(self.segmenter.voice_onset_ms, onset)
             if setting(self.settings, "vad_stats", False):
                 await self._maybe_stats(probability, energy_db)
 
@@ -124,6 +127,17 @@ class VadSession(StageSession):
             offset_ms=position,
         )
         await self.publish("vad", vad_pb2.VadEvent(stats=stats), turn_id=self.turn_id)
+
+    async def _announce_onset(self, now: float | None, before: float | None) -> None:
+        # Only a session that can be interrupted cares when a voice begins.
+        if not setting(self.settings, "barge_in", True):
+            return
+        onset = (
+            vad_pb2.VoiceOnset(start_ms=now)
+            if now is not None
+            else vad_pb2.VoiceOnset(start_ms=before or 0.0, dropped=True)
+        )
+        await self.publish("vad", vad_pb2.VadEvent(voice_onset=onset), turn_id=self.turn_id)
 
     async def _announce(self, decision: Decision) -> None:
         if isinstance(decision, Paused):

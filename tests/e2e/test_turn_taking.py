@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.harness import REPO, start_stack
-from tests.support.client import ParleyClient, silence
+from tests.support.client import FRAME_MS, ParleyClient, silence
 from tests.support.openai_stub import OpenAIStub
 from tests.support.speech import synthesize_speech
 
@@ -137,7 +137,9 @@ async def test_interrupt_latency_over_ten_runs(remote_stack) -> None:
     stub.chat_script = LONG_ANSWER
     stub.chat_delay_s = 0.03
     speech = synthesize_speech("Wait, stop please.", steady=True)
-    onset = onset_ms(speech) / 1000
+    # The client sends each 20 ms frame as it begins: the frame holding the
+    # onset enters the input stream at its start, which is where we measure.
+    onset = onset_ms(speech) // FRAME_MS * FRAME_MS / 1000
     latencies = []
     client = await ParleyClient.open(stack.gateway_url)
     try:

@@ -89,3 +89,19 @@ def test_a_pause_is_announced_before_the_turn_ends(model: SileroModel) -> None:
     assert run(model, pcm, SegmenterConfig(silence_ms=800, early_pause_ms=0), pauses=True) == [
         d for d in decisions if not isinstance(d, Paused)
     ]
+
+
+def test_a_voice_onset_is_visible_before_it_is_speech_and_forgotten_when_it_fades() -> None:
+    segmenter = Segmenter(SegmenterConfig(min_speech_ms=250, silence_ms=500), WINDOW_MS)
+    assert segmenter.voice_onset_ms is None
+    for _ in range(3):  # ~100 ms of voice: a cough
+        assert segmenter.push(0.9) is None
+    assert segmenter.voice_onset_ms == 0.0
+    for _ in range(12):
+        assert segmenter.push(0.0) is None
+    assert segmenter.voice_onset_ms is None
+    # Long enough: a turn starts where the voice began, and is no longer an onset.
+    decisions = [segmenter.push(0.9) for _ in range(10)]
+    started = [d for d in decisions if isinstance(d, Started)]
+    assert started and started[0].start_ms == 15 * WINDOW_MS
+    assert segmenter.voice_onset_ms is None
