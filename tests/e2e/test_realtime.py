@@ -412,6 +412,44 @@ async def test_function_tool_round_trip(rt) -> None:
             await talk.close()
 
 
+async def test_client_functions_and_hub_tools_coexist(rt) -> None:
+    """With a client function declared, a call to one of the tools service's
+    own tools runs on the server: the client sees no function_call item, and
+    the answer uses the tool's result."""
+    stack, stub = rt
+    stub.chat_queue = [
+        tool_call_deltas([("call_t", "get_current_time", '{"timezone": "Asia/Tokyo"}')]),
+        ["It is", " night", " in Tokyo."],
+    ]
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    async with client_for(stack).realtime.connect(model="gpt-realtime") as conn:
+        talk = Talk(conn)
+        try:
+            await talk.wait_for("session.created", timeout=15)
+            await conn.session.update(session=cast(Any, {**GA_SESSION, "tools": [tool]}))
+            await talk.wait_for("session.updated", timeout=10)
+            start = len(talk.events)
+            await talk.speak("What time is it in Tokyo?", tail_ms=800)
+            done = await talk.wait_for("response.done", after=start, timeout=90)
+            assert done["response"]["status"] == "completed"
+            output = done["response"]["output"]
+            assert [o["type"] for o in output] == ["message"], output
+            assert output[0]["content"][0]["transcript"] == "It is night in Tokyo."
+            assert not talk.of("response.function_call_arguments.done", start)
+            # The model got the hub's answer (the time in Tokyo) as the tool result.
+            tool_msgs = [m for m in stub.requests[-1]["json"]["messages"] if m["role"] == "tool"]
+            assert "Asia/Tokyo" in tool_msgs[-1]["content"], tool_msgs
+            offered = [t["function"]["name"] for t in stub.requests[-1]["json"]["tools"]]
+            assert {"get_weather", "get_current_time"} <= set(offered)
+        finally:
+            await talk.close()
+
+
 async def test_interruption_then_truncate(rt) -> None:
     stack, stub = rt
     stub.chat_script = LONG_ANSWER
