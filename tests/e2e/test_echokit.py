@@ -391,7 +391,12 @@ async def test_reconnect_continues_the_session_and_plain_connect_starts_afresh(
         try:
             await fresh.wait_for("HelloEnd", timeout=30)
             await again.closed()  # the old connection is closed for the new one
-            log = gateway_log(echokit_stack)
+            # The hello goes out before the new session opens: wait for its line.
+            async with asyncio.timeout(20):
+                while (log := gateway_log(echokit_stack)).count(
+                    "echokit kit-again opened session "
+                ) < 2:
+                    await asyncio.sleep(0.2)
             assert session_of(log, "echokit kit-again opened session ") != opened
             assert f"echokit kit-again: session {opened} closed (replaced" in log
         finally:
