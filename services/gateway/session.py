@@ -71,6 +71,9 @@ class ClientSink(Protocol):
 # (The transcript of a short clip takes ~0.2 s; seconds on a loaded machine.)
 BACKCHANNEL_WAIT_S = 6.0
 BACKCHANNEL_MAX_MS = 1200
+# After a voice onset that faded (a cough, or a word before a pause), how long
+# the answer stays paused in case more voice follows.
+ONSET_RESUME_DELAY_S = 0.25
 _WORDS = re.compile(r"[a-z']+(?:-[a-z']+)*")
 
 
@@ -528,12 +531,22 @@ class GatewaySession:
         rather than when the voice has lasted min_speech_ms, so a real
         interruption silences it at once. The turn's start (or the voice
         fading) releases the hold; the timer covers a lost event."""
-        if self._onset_hold is not None:
-            return
-        self._holds += 1
-        self.playback.pause()
+        if self._onset_hold is None:
+            self._holds += 1
+            self.playback.pause()
+        else:
+            self._onset_hold.cancel()
         limit = setting(self.settings, "min_speech_ms", self.defaults.vad.min_speech_ms) / 1000 + 1
         self._onset_hold = asyncio.get_running_loop().call_later(limit, self._release_onset)
+
+    def _onset_dropped(self) -> None:
+        """The voice faded before it was speech. It may be the first word
+        before a pause ("Wait, ... stop"): resume only if no voice follows soon."""
+        if self._onset_hold is not None:
+            self._onset_hold.cancel()
+            self._onset_hold = asyncio.get_running_loop().call_later(
+                ONSET_RESUME_DELAY_S, self._release_onset
+            )
 
     def _release_onset(self) -> None:
         if self._onset_hold is None:
@@ -660,7 +673,7 @@ class GatewaySession:
         turn_id = msg.meta.turn_id
         if kind == "voice_onset":
             if msg.voice_onset.dropped:
-                self._release_onset()
+                self._onset_dropped()
             elif self.agent_active() and setting(self.settings, "barge_in", True):
                 self._hold_on_onset()
         elif kind == "speech_started":
