@@ -56,6 +56,7 @@ class Converse:
         self._marks: list[tuple[int, asyncio.Future[float]]] = []
         self._reader: asyncio.Task[None] | None = None
         self._line: asyncio.Task[None] | None = None
+        self._hang_up = False
 
     @classmethod
     async def open(
@@ -139,7 +140,7 @@ class Converse:
         frame = self.rate * 2 * FRAME_MS // 1000
         start = time.monotonic()
         n = 0
-        while True:
+        while not self._hang_up:
             chunk = bytes(self._speech[:frame])
             del self._speech[:frame]
             self._spoken += len(chunk)
@@ -152,9 +153,10 @@ class Converse:
 
     async def close(self) -> None:
         if self._line is not None:
-            self._line.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._line
+            # Between writes: cancelling a write in flight cancels the whole RPC.
+            self._hang_up = True
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await self._line  # it fails when the server has ended the stream
         with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
             await self.send(Request(end=Request.End(reason="test done")))
             await self.call.done_writing()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
+import time
 
 import nats
 import pytest
@@ -203,3 +205,34 @@ async def test_tool_list_follows_the_servers_changes(hub) -> None:
             await asyncio.sleep(0.3)
     reply = await call(nc, "get_weather", {"city": "Lyon"})
     assert reply.ok and "Lyon" in reply.content
+
+
+async def test_tool_round_trip_over_the_bus_beside_a_direct_mcp_call(hub) -> None:
+    """The same MCP tool 30 times each way, interleaved: over the bus (llm's
+    path: nats request -> tools service -> MCP session) and straight from an
+    MCP client; plus a built-in tool over the bus. Medians to var/."""
+    _, _, nc, state = hub
+    bus, direct_ms, builtin = [], [], []
+    async with Client(f"http://127.0.0.1:{state['port']}/mcp") as direct:
+        for _ in range(30):
+            began = time.perf_counter()
+            reply = await call(nc, "school_light_status", {})
+            bus.append((time.perf_counter() - began) * 1000)
+            assert reply.ok, reply
+            began = time.perf_counter()
+            await direct.call_tool("light_status", {})
+            direct_ms.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            assert (await call(nc, "get_current_time", {})).ok
+            builtin.append((time.perf_counter() - began) * 1000)
+    report = {
+        "calls": 30,
+        "mcp_tool_over_bus_median_ms": round(statistics.median(bus), 2),
+        "mcp_tool_direct_median_ms": round(statistics.median(direct_ms), 2),
+        "bus_overhead_median_ms": round(statistics.median(bus) - statistics.median(direct_ms), 2),
+        "builtin_tool_over_bus_median_ms": round(statistics.median(builtin), 2),
+    }
+    out = REPO / "var" / "tool-round-trip.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\ntool round trip: {report}")
