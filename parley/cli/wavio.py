@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import wave
 from pathlib import Path
 
@@ -33,13 +34,20 @@ def read_wav(path: str | Path, rate: int = 16000) -> bytes:
     return samples.astype("<i2", copy=False).tobytes()
 
 
-def write_wav(path: str | Path, pcm: bytes, rate: int) -> None:
-    """Write PCM16 LE mono as a WAV file."""
-    with wave.open(str(path), "wb") as w:
+def wav_bytes(pcm: bytes, rate: int) -> bytes:
+    """PCM16 LE mono as a WAV file in memory."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def write_wav(path: str | Path, pcm: bytes, rate: int) -> None:
+    """Write PCM16 LE mono as a WAV file."""
+    Path(path).write_bytes(wav_bytes(pcm, rate))
 
 
 def last_voiced_ms(pcm: bytes, rate: int = 16000, threshold_db: float = -45.0) -> float:

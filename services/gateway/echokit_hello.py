@@ -11,14 +11,13 @@ var/, so only the very first connection of a fresh checkout waits for it.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import tempfile
 import wave
 from pathlib import Path
 
-from parley.cli.wavio import read_wav
+from parley.cli.wavio import read_wav, wav_bytes
 from parley.config import EchoKitSettings
 
 log = logging.getLogger("parley.gateway.echokit")
@@ -45,7 +44,7 @@ def _device_wav(path: Path) -> bytes:
     if native:
         return path.read_bytes()
     log.info("echokit hello %s converted to 16 kHz mono PCM16", path)
-    return _wav_bytes(read_wav(path, SAMPLE_RATE))
+    return wav_bytes(read_wav(path, SAMPLE_RATE), SAMPLE_RATE)
 
 
 def _synthesized(text: str) -> bytes:
@@ -59,7 +58,7 @@ def _synthesized(text: str) -> bytes:
     pcm = synthesize_speech(text, SAMPLE_RATE, steady=True)
     if not pcm:
         raise ValueError(f"the voice produced no audio for {text!r}")
-    data = _wav_bytes(pcm)
+    data = wav_bytes(pcm, SAMPLE_RATE)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     # Atomic, so two gateways starting together never read half a file.
     fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".wav.tmp")
@@ -68,13 +67,3 @@ def _synthesized(text: str) -> bytes:
     os.replace(tmp, cache)
     log.info("echokit hello synthesized to %s", cache)
     return data
-
-
-def _wav_bytes(pcm: bytes) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm)
-    return buf.getvalue()

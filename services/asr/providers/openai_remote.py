@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import time
-import wave
 
 import httpx
 
+from parley.cli.wavio import wav_bytes
 from parley.httpclient import provider_errors
 from services.asr.providers.base import ProviderError, TranscriptionResult
-
-
-def wav_bytes(pcm16: bytes, sample_rate: int) -> bytes:
-    """A mono PCM16 WAV file in memory: the one container every server accepts."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm16)
-    return buffer.getvalue()
 
 
 class OpenAITranscriber:
@@ -52,6 +40,7 @@ class OpenAITranscriber:
         if language:
             data["language"] = language
         started = time.monotonic()
+        # WAV: the one container every transcription server accepts.
         async with provider_errors("transcription service", self.base_url):
             response = await self._client.post(
                 f"{self.base_url}/audio/transcriptions",
