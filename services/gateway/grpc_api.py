@@ -282,9 +282,12 @@ class ConverseServicer(gateway_pb2_grpc.GatewayServicer):
         elif kind == "settings_update":
             update = request.settings_update
             settings = checked_settings(update.settings) if update.HasField("settings") else None
-            in_rate = check_rate(update.input_sample_rate, self.rates, "input_sample_rate")
-            out_rate = check_rate(update.output_sample_rate, self.rates, "output_sample_rate")
-            await session.update_settings(settings, in_rate, out_rate)
+            # 0 keeps the rate in force; update_settings checks the others.
+            await session.update_settings(
+                settings,
+                update.input_sample_rate or None,
+                update.output_sample_rate or None,
+            )
             await sink.send_event({"type": "settings_updated", **session.describe()})
         elif kind == "playback_mark":
             mark = request.playback_mark

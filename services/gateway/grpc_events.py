@@ -10,7 +10,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from parley.v1 import common_pb2, gateway_pb2
-from services.gateway.session import ClientError, settings_from_json
+from services.gateway.session import check_sample_rate, settings_from_json
 
 log = logging.getLogger("parley.gateway.grpc")
 
@@ -40,11 +40,7 @@ def check_rate(value: int, allowed: list[int], what: str) -> int | None:
     """None for 0 (keep the default), else the rate if the gateway accepts it."""
     if value == 0:
         return None
-    if value not in allowed:
-        raise ClientError(
-            "unsupported_sample_rate",
-            f"{what} {value} is not supported; use one of {allowed}",
-        )
+    check_sample_rate(value, allowed, what)
     return value
 
 

@@ -164,6 +164,13 @@ def settings_from_json(raw: Any) -> common_pb2.Settings:
     return out
 
 
+def check_sample_rate(rate: int, allowed: list[int], what: str) -> None:
+    if rate not in allowed:
+        raise ClientError(
+            "unsupported_sample_rate", f"{what} {rate} is not supported; use one of {allowed}"
+        )
+
+
 def settings_to_json(settings: common_pb2.Settings, defaults: ParleySettings) -> dict[str, Any]:
     """The settings in force: the session's own, else the services' defaults."""
     d = defaults
@@ -401,21 +408,15 @@ class GatewaySession:
         output_rate: int | None = None,
     ) -> None:
         allowed = self.defaults.gateway.input_sample_rates
+        # Both checked before either applies: a refused update changes nothing.
         if input_rate is not None:
-            if input_rate not in allowed:
-                raise ClientError(
-                    "unsupported_sample_rate",
-                    f"input_sample_rate {input_rate} is not supported; use one of {allowed}",
-                )
-            if input_rate != self.input_rate:
-                self.input_rate = input_rate
-                self._in_resampler = None
+            check_sample_rate(input_rate, allowed, "input_sample_rate")
         if output_rate is not None:
-            if output_rate not in allowed:
-                raise ClientError(
-                    "unsupported_sample_rate",
-                    f"output_sample_rate {output_rate} is not supported; use one of {allowed}",
-                )
+            check_sample_rate(output_rate, allowed, "output_sample_rate")
+        if input_rate is not None and input_rate != self.input_rate:
+            self.input_rate = input_rate
+            self._in_resampler = None
+        if output_rate is not None:
             self.output_rate = output_rate
             self.playback.sample_rate = output_rate
         if settings is not None and settings.ListFields():
