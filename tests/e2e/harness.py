@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.openai_stub import OpenAIStub
 from tests.support.stack import (
     REPO,
     Running,
@@ -19,7 +20,15 @@ from tests.support.stack import (
     start_service,
 )
 
-__all__ = ["REPO", "Process", "Stack", "free_port", "spawn", "start_stack"]
+__all__ = [
+    "REPO",
+    "Process",
+    "Stack",
+    "free_port",
+    "spawn",
+    "start_scripted_stack",
+    "start_stack",
+]
 
 STAGES = ("tools", "vad", "asr", "llm", "tts")
 READY_TIMEOUT_S = 240
@@ -98,3 +107,15 @@ async def start_stack(
     finally:
         for process in reversed(stack.processes):
             await process.stop()
+
+
+@contextlib.asynccontextmanager
+async def start_scripted_stack(
+    workdir: Path, env: dict[str, str] | None = None, stub: OpenAIStub | None = None
+) -> AsyncIterator[tuple[Stack, OpenAIStub]]:
+    """A stack whose llm talks to a scripted OpenAI-compatible server (the
+    stand-in for a remote model): answers and tool calls known in advance."""
+    async with stub or OpenAIStub() as running_stub:
+        llm = {"PARLEY_LLM__PROVIDER": "openai", "PARLEY_LLM__BASE_URL": running_stub.base_url}
+        async with start_stack(workdir, env={**llm, **(env or {})}) as stack:
+            yield stack, running_stub

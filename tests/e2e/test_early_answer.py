@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.e2e.harness import start_stack
+from tests.e2e.harness import start_scripted_stack
 from tests.support.client import ParleyClient, silence
 from tests.support.openai_stub import OpenAIStub
 from tests.support.speech import synthesize_speech
@@ -17,12 +17,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 async def early_stack(tmp_path_factory: pytest.TempPathFactory):
-    async with OpenAIStub(chat_script=["It is nine in the evening in Tokyo."]) as stub:
-        async with start_stack(
-            tmp_path_factory.mktemp("early"),
-            env={"PARLEY_LLM__PROVIDER": "openai", "PARLEY_LLM__BASE_URL": stub.base_url},
-        ) as running:
-            yield running, stub
+    stub = OpenAIStub(chat_script=["It is nine in the evening in Tokyo."])
+    async with start_scripted_stack(tmp_path_factory.mktemp("early"), stub=stub) as started:
+        yield started
 
 
 def user_turns(request: dict) -> list[str]:

@@ -16,10 +16,10 @@ from mcp import Client
 
 from parley.bus import TOOLS_CALL, TOOLS_LIST
 from parley.v1 import tools_pb2
-from tests.e2e.harness import REPO, Process, free_port, spawn, start_stack
+from tests.e2e.harness import REPO, Process, free_port, spawn, start_scripted_stack
 from tests.e2e.test_pipeline import ask
 from tests.support.client import ParleyClient
-from tests.support.openai_stub import OpenAIStub, tool_call_deltas
+from tests.support.openai_stub import tool_call_deltas
 
 pytestmark = pytest.mark.slow
 
@@ -78,20 +78,17 @@ async def hub(tmp_path_factory: pytest.TempPathFactory):
             "url": f"http://127.0.0.1:{free_port()}/mcp",
         },
     ]
-    async with OpenAIStub() as stub:
-        async with start_stack(
-            work,
-            env={
-                "PARLEY_TOOLS__MCP_SERVERS": json.dumps(servers),
-                "PARLEY_TOOLS__MCP_PING_INTERVAL_S": "1",
-                "PARLEY_LLM__PROVIDER": "openai",
-                "PARLEY_LLM__BASE_URL": stub.base_url,
-            },
-        ) as stack:
-            nc = await nats.connect(stack.nats_url)
-            state = {"school": school, "port": port, "work": work}
-            yield stack, stub, nc, state
-            await nc.close()
+    async with start_scripted_stack(
+        work,
+        env={
+            "PARLEY_TOOLS__MCP_SERVERS": json.dumps(servers),
+            "PARLEY_TOOLS__MCP_PING_INTERVAL_S": "1",
+        },
+    ) as (stack, stub):
+        nc = await nats.connect(stack.nats_url)
+        state = {"school": school, "port": port, "work": work}
+        yield stack, stub, nc, state
+        await nc.close()
     await stack.stop(state["school"])
     await stack.stop(garden)
 

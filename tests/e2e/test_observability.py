@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import start_stack
+from tests.e2e.harness import start_scripted_stack
 from tests.e2e.test_pipeline import ask
 from tests.support.client import ParleyClient
-from tests.support.openai_stub import OpenAIStub, tool_call_deltas
+from tests.support.openai_stub import tool_call_deltas
 
 pytestmark = pytest.mark.slow
 
@@ -26,28 +26,25 @@ HOPS = ("final_transcript", "first_token", "first_sentence", "first_tts_audio", 
 @pytest.fixture(scope="module")
 async def traced(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("traced")
-    async with OpenAIStub() as stub:
-        async with start_stack(
-            work,
-            env={
-                "PARLEY_TELEMETRY__TRACES_EXPORTER": "file",
-                "PARLEY_TELEMETRY__TRACES_FILE": str(work / "traces-{service}.jsonl"),
-                "OTEL_BSP_SCHEDULE_DELAY": "100",
-                # A model that calls a tool, so the tools service is in the turn.
-                "PARLEY_LLM__PROVIDER": "openai",
-                "PARLEY_LLM__BASE_URL": stub.base_url,
-            },
-        ) as running:
-            stub.chat_queue = [
-                tool_call_deltas([("call_t", "get_current_time", '{"timezone": "Europe/Paris"}')]),
-                ["It is morning in Paris.", " Have a nice day."],
-            ]
-            client = await ParleyClient.open(running.gateway_url)
-            turn = await ask(client, "What time is it in Paris?")
-            metrics = await client.wait_for("turn_metrics", timeout=10)
-            await client.close()
-            await asyncio.sleep(1.0)  # let each batch exporter write
-            yield running, work, turn, metrics
+    # A model that calls a tool, so the tools service is in the turn.
+    async with start_scripted_stack(
+        work,
+        env={
+            "PARLEY_TELEMETRY__TRACES_EXPORTER": "file",
+            "PARLEY_TELEMETRY__TRACES_FILE": str(work / "traces-{service}.jsonl"),
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+    ) as (running, stub):
+        stub.chat_queue = [
+            tool_call_deltas([("call_t", "get_current_time", '{"timezone": "Europe/Paris"}')]),
+            ["It is morning in Paris.", " Have a nice day."],
+        ]
+        client = await ParleyClient.open(running.gateway_url)
+        turn = await ask(client, "What time is it in Paris?")
+        metrics = await client.wait_for("turn_metrics", timeout=10)
+        await client.close()
+        await asyncio.sleep(1.0)  # let each batch exporter write
+        yield running, work, turn, metrics
 
 
 def load_spans(work: Path) -> list[dict]:

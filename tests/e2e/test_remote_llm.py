@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from tests.e2e.harness import start_stack
+from tests.e2e.harness import start_scripted_stack
 from tests.support.client import ParleyClient, silence
-from tests.support.openai_stub import OpenAIStub, tool_call_deltas
+from tests.support.openai_stub import tool_call_deltas
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow
@@ -24,17 +24,11 @@ LONG_ANSWER = [
 
 @pytest.fixture(scope="module")
 async def remote_stack(tmp_path_factory: pytest.TempPathFactory):
-    async with OpenAIStub() as stub:
-        async with start_stack(
-            tmp_path_factory.mktemp("remote"),
-            env={
-                "PARLEY_LLM__PROVIDER": "openai",
-                "PARLEY_LLM__BASE_URL": stub.base_url,
-                "PARLEY_LLM__MODEL": "stub-model",
-                "PARLEY_LLM__API_KEY": "secret",
-            },
-        ) as running:
-            yield running, stub
+    async with start_scripted_stack(
+        tmp_path_factory.mktemp("remote"),
+        env={"PARLEY_LLM__MODEL": "stub-model", "PARLEY_LLM__API_KEY": "secret"},
+    ) as started:
+        yield started
 
 
 async def test_remote_model_answer_is_streamed_and_spoken(remote_stack) -> None:

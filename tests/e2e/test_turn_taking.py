@@ -12,9 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e.harness import REPO, start_stack
+from tests.e2e.harness import REPO, start_scripted_stack
 from tests.support.client import FRAME_MS, ParleyClient, silence
-from tests.support.openai_stub import OpenAIStub
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow
@@ -84,12 +83,8 @@ async def test_the_transcript_detector_ends_complete_questions_sooner(stack) -> 
 
 @pytest.fixture(scope="module")
 async def remote_stack(tmp_path_factory: pytest.TempPathFactory):
-    async with OpenAIStub() as stub:
-        async with start_stack(
-            tmp_path_factory.mktemp("turns"),
-            env={"PARLEY_LLM__PROVIDER": "openai", "PARLEY_LLM__BASE_URL": stub.base_url},
-        ) as running:
-            yield running, stub
+    async with start_scripted_stack(tmp_path_factory.mktemp("turns")) as (running, stub):
+        yield running, stub
 
 
 def cough(ms: int = 150, rate: int = 16000) -> bytes:

@@ -16,8 +16,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.harness import REPO, Stack, start_stack
-from tests.support.openai_stub import OpenAIStub, tool_call_deltas
+from tests.e2e.harness import REPO, Stack, start_scripted_stack
+from tests.support.openai_stub import tool_call_deltas
 from tests.support.speech import synthesize_speech, with_silence
 from tests.support.xiaozhi_device import XiaozhiDevice, ota_check
 
@@ -188,20 +188,15 @@ async def test_listen_detect_with_text_and_abort_within_300_ms(stack: Stack) -> 
 @pytest.fixture(scope="module")
 async def tool_stack(tmp_path_factory: pytest.TempPathFactory):
     """An OpenAI-compatible model (scripted), a token and an allowlist."""
-    async with OpenAIStub() as stub:
-        async with start_stack(
-            tmp_path_factory.mktemp("xiaozhi"),
-            env={
-                "PARLEY_LLM__PROVIDER": "openai",
-                "PARLEY_LLM__BASE_URL": stub.base_url,
-                "PARLEY_GATEWAY__XIAOZHI__AUTH_TOKEN": TOKEN,
-                "PARLEY_GATEWAY__XIAOZHI__DEVICE_ALLOWLIST": json.dumps(
-                    [ALLOWED, "aa:bb:cc:00:00:02"]
-                ),
-                "PARLEY_GATEWAY__XIAOZHI__KEEPALIVE_S": "1",
-            },
-        ) as running:
-            yield running, stub
+    async with start_scripted_stack(
+        tmp_path_factory.mktemp("xiaozhi"),
+        env={
+            "PARLEY_GATEWAY__XIAOZHI__AUTH_TOKEN": TOKEN,
+            "PARLEY_GATEWAY__XIAOZHI__DEVICE_ALLOWLIST": json.dumps([ALLOWED, "aa:bb:cc:00:00:02"]),
+            "PARLEY_GATEWAY__XIAOZHI__KEEPALIVE_S": "1",
+        },
+    ) as started:
+        yield started
 
 
 async def test_device_mcp_tool_is_listed_and_called(tool_stack) -> None:
