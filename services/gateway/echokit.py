@@ -28,7 +28,7 @@ from parley.v1 import common_pb2
 from services.gateway import echokit_wire as wire
 from services.gateway.audio_check import check_pcm16
 from services.gateway.echokit_hello import load_hello
-from services.gateway.endpoints import bearer_token, refuse
+from services.gateway.endpoints import check_token, refuse
 from services.gateway.opus_codec import OpusEncoder
 from services.gateway.session import ClientError, GatewaySession
 
@@ -457,8 +457,8 @@ class EchoKitEndpoint:
         allowed = self.cfg.device_allowlist
         if allowed is not None and device_id not in allowed:
             return refuse(connection, http.HTTPStatus.FORBIDDEN, "device not allowed")
-        if self.cfg.auth_token and bearer_token(request.headers, url.query) != self.cfg.auth_token:
-            return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong token")
+        if (refused := check_token(connection, request, self.cfg.auth_token)) is not None:
+            return refused
         # The firmware offers permessage-deflate but its WebSocket library
         # rejects compressed frames (as the real server never sends them).
         if "Sec-WebSocket-Extensions" in request.headers:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import http
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -43,3 +43,12 @@ def bearer_token(headers: Headers, query: str) -> str | None:
 
 def refuse(connection: ServerConnection, status: http.HTTPStatus, text: str) -> Response:
     return connection.respond(status, text if text.endswith("\n") else text + "\n")
+
+
+def check_token(
+    connection: ServerConnection, request: Request, token: str | None, what: str = "token"
+) -> Response | None:
+    """A 401 unless the request carries `token`; with no token configured, None."""
+    if token and bearer_token(request.headers, urlsplit(request.path).query) != token:
+        return refuse(connection, http.HTTPStatus.UNAUTHORIZED, f"missing or wrong {what}")
+    return None

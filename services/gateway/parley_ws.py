@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http
 import json
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -15,7 +13,7 @@ from websockets.http11 import Request, Response
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
 from services.gateway.audio_check import check_pcm16
-from services.gateway.endpoints import bearer_token, refuse
+from services.gateway.endpoints import check_token
 from services.gateway.session import ClientError, GatewaySession, settings_from_json
 
 if TYPE_CHECKING:
@@ -59,10 +57,7 @@ class ParleyEndpoint:
         return path in PARLEY_PATHS
 
     def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
-        query = urlsplit(request.path).query
-        if self.token and bearer_token(request.headers, query) != self.token:
-            return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong token")
-        return None
+        return check_token(connection, request, self.token)
 
     async def serve(self, gateway: Gateway, ws: ServerConnection) -> None:
         sink = WebSocketSink(ws)

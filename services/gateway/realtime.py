@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from websockets.http11 import Request, Response
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
 from parley.text import heard_text
-from services.gateway.endpoints import bearer_token, refuse
+from services.gateway.endpoints import check_token
 from services.gateway.realtime_audio import AudioCodec
 from services.gateway.realtime_config import RealtimeConfig
 from services.gateway.realtime_conversation import RealtimeConversation, Turn
@@ -62,10 +61,7 @@ class RealtimeEndpoint:
 
     def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         # Without a configured token any API key is accepted: apps must send one.
-        query = urlsplit(request.path).query
-        if self.token and bearer_token(request.headers, query) != self.token:
-            return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key")
-        return None
+        return check_token(connection, request, self.token, "API key")
 
     async def serve(self, gateway: Gateway, ws: ServerConnection) -> None:
         assert ws.request is not None
