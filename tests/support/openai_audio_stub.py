@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from tests.support.loopback_server import LoopbackServer, error_response
+
 
 @dataclass
 class RecordedRequest:
@@ -25,7 +27,7 @@ class RecordedRequest:
 
 
 @dataclass
-class OpenAIAudioStub:
+class OpenAIAudioStub(LoopbackServer):
     transcription_text: str = "hello world"
     speech_pcm: bytes = bytes(9600)
     # Odd on purpose: a client must carry the odd byte over to keep samples whole.
@@ -36,35 +38,20 @@ class OpenAIAudioStub:
     # When set, requests wait (until the stub closes) so clients time out.
     hang: bool = False
     requests: list[RecordedRequest] = field(default_factory=list)
-    base_url: str = ""
+    speech_disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    speech_finished: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def __aenter__(self) -> OpenAIAudioStub:
-        self._closing = asyncio.Event()
-        self.speech_disconnected = asyncio.Event()
-        self.speech_finished = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
-        app.router.add_post("/v1/audio/speech", self._speech)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()
-        await self._runner.cleanup()
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/audio/transcriptions", self._transcriptions),
+            web.post("/v1/audio/speech", self._speech),
+        ]
 
     async def _failure(self) -> web.Response | None:
         if self.hang:
-            await self._closing.wait()
+            await self.closing.wait()
         if self.fail_status is not None:
-            return web.json_response(
-                {"error": {"message": "scripted failure", "type": "server_error"}},
-                status=self.fail_status,
-            )
+            return error_response(self.fail_status)
         return None
 
     async def _transcriptions(self, request: web.Request) -> web.Response:

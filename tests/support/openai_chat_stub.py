@@ -1,7 +1,8 @@
-"""A stand-in for a remote, paid OpenAI-compatible chat model: a real aiohttp
-server on loopback that streams scripted answers as server-sent events in the
-exact chunk shape OpenAI sends, and records what it was sent and whether the
-client hung up mid-answer.
+"""The stand-in for a remote, paid OpenAI-compatible chat model, for every
+test that needs one (provider unit tests and scripted-LLM stacks alike): a
+real aiohttp server on loopback that streams scripted answers (text and tool
+calls) as server-sent events in the exact chunk shape OpenAI sends, and
+records what it was sent and whether the client hung up mid-answer.
 
 More endpoints: subclass and extend routes()."""
 
@@ -10,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.support.loopback_server import LoopbackServer, error_response
 
 
 @dataclass
@@ -51,7 +55,7 @@ class RecordedRequest:
 
 
 @dataclass
-class OpenAIChatStub:
+class OpenAIChatStub(LoopbackServer):
     """The default reply answers every request; replies queued in `replies`
     are used up first, one per request."""
 
@@ -61,31 +65,15 @@ class OpenAIChatStub:
     hang: bool = False
     replies: list[ChatReply] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
-    base_url: str = ""
-
-    async def __aenter__(self) -> OpenAIChatStub:
-        self._closing = asyncio.Event()
-        # Set when a client hangs up before its answer was complete, and when
-        # an answer was sent to the end.
-        self.disconnected = asyncio.Event()
-        self.finished = asyncio.Event()
-        self.chunks_sent = 0
-        self.disconnected_at: float | None = None
-        app = web.Application()
-        app.add_routes(self.routes())
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()
-        await self._runner.cleanup()
+    # Set when a client hangs up before its answer was complete, and when an
+    # answer was sent to the end; a test clears them before what it watches.
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected_at: float | None = None
+    chunks_sent: int = 0
+    # Computes the answer from the request body instead of the script (e.g.
+    # one that counts the user messages, to check a history survived).
+    answer: Callable[[dict[str, Any]], list[ScriptItem]] | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/chat/completions", self._chat_completions)]
@@ -94,11 +82,11 @@ class OpenAIChatStub:
     def bodies(self) -> list[dict[str, Any]]:
         return [r.json for r in self.requests]
 
-    def _next_reply(self) -> ChatReply:
+    def _next_reply(self, body: dict[str, Any]) -> ChatReply:
         if self.replies:
             return self.replies.pop(0)
         return ChatReply(
-            script=self.script,
+            script=self.answer(body) if self.answer is not None else self.script,
             delay_s=self.delay_s,
             status=self.fail_status or 200,
             hang=self.hang,
@@ -107,21 +95,12 @@ class OpenAIChatStub:
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(RecordedRequest(request.path, dict(request.headers), body))
-        reply = self._next_reply()
+        reply = self._next_reply(body)
         if reply.hang:
             await self._pause(request, float("inf"))
             return web.Response(status=504)
         if reply.status >= 400:
-            return web.json_response(
-                {
-                    "error": {
-                        "message": "scripted failure",
-                        "type": "server_error",
-                        "code": None,
-                    }
-                },
-                status=reply.status,
-            )
+            return error_response(reply.status)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -156,7 +135,7 @@ class OpenAIChatStub:
             if transport is None or transport.is_closing():
                 self._hung_up()
                 return False
-            if self._closing.is_set():
+            if self.closing.is_set():
                 return False
             left = until - time.monotonic()
             if left <= 0:
@@ -188,3 +167,33 @@ def _event(item: ScriptItem, model: str) -> bytes:
     if isinstance(item, Raw):
         return f"{item.text}\n\n".encode()
     return _data(_chunk(model, {"content": item} if isinstance(item, str) else item))
+
+
+def tool_call_deltas(calls: list[tuple[str, str, str]]) -> list[ScriptItem]:
+    """Streamed tool-call deltas as OpenAI sends them: id and name first, then
+    the arguments JSON in two fragments. calls: (id, name, arguments JSON)."""
+    out: list[ScriptItem] = []
+    for index, (call_id, name, arguments) in enumerate(calls):
+        half = len(arguments) // 2
+        out.append(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ]
+            }
+        )
+        out.append({"tool_calls": [{"index": index, "function": {"arguments": arguments[:half]}}]})
+        out.append({"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]})
+    return out
+
+
+def count_user_messages(body: dict[str, Any]) -> list[ScriptItem]:
+    """An answer that says how many user messages the model was given: the
+    history's length, readable in the answer text."""
+    users = sum(1 for m in body.get("messages", []) if m.get("role") == "user")
+    return [f"You have asked {users} questions."]
