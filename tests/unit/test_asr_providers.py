@@ -37,6 +37,8 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
+# A test that loads Whisper or Piper (these fixtures, synthesize_speech) is
+# marked slow: `make test-fast` leaves the models out.
 @pytest.fixture(scope="module")
 async def whisper() -> AsyncIterator[Transcriber]:
     asr = make_transcriber("faster_whisper")
@@ -53,6 +55,7 @@ def question_pcm() -> bytes:
 # --- local faster-whisper ---------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_whisper_transcribes_piper_speech(whisper: Transcriber, question_pcm: bytes) -> None:
     result = await whisper.transcribe(question_pcm, RATE, "en")
     text = result.text.lower()
@@ -63,6 +66,7 @@ async def test_whisper_transcribes_piper_speech(whisper: Transcriber, question_p
     assert result.processing_ms > 0
 
 
+@pytest.mark.slow
 async def test_other_sample_rates_are_resampled_for_whisper(whisper: Transcriber) -> None:
     pcm = with_silence(synthesize_speech(QUESTION, 22050, steady=True), 22050, 200, 300)
     result = await whisper.transcribe(pcm, 22050)
@@ -70,6 +74,7 @@ async def test_other_sample_rates_are_resampled_for_whisper(whisper: Transcriber
     assert "paris" in result.text.lower(), result.text
 
 
+@pytest.mark.slow
 async def test_transcription_runs_off_the_event_loop(
     whisper: Transcriber, question_pcm: bytes
 ) -> None:
@@ -94,6 +99,7 @@ async def test_transcription_runs_off_the_event_loop(
     assert max(gaps) < min(0.5, took / 2), (max(gaps), took)
 
 
+@pytest.mark.slow
 async def test_concurrent_calls_are_serialized_and_all_answered(
     whisper: Transcriber, question_pcm: bytes
 ) -> None:
@@ -107,6 +113,7 @@ async def test_concurrent_calls_are_serialized_and_all_answered(
     assert "sister" in second.text.lower(), second.text
 
 
+@pytest.mark.slow
 async def test_empty_and_malformed_audio(whisper: Transcriber) -> None:
     empty = await whisper.transcribe(b"", RATE)
     assert empty.text == "" and empty.audio_ms == 0
@@ -118,6 +125,7 @@ async def test_empty_and_malformed_audio(whisper: Transcriber) -> None:
     assert err.value.code == "bad_audio"
 
 
+@pytest.mark.slow
 async def test_load_is_idempotent(whisper: Transcriber) -> None:
     assert isinstance(whisper, FasterWhisperTranscriber)
     model = whisper._model
@@ -153,6 +161,7 @@ def test_unknown_provider_is_named() -> None:
 # --- remote OpenAI-compatible -------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_remote_sends_a_wav_upload_with_the_openai_fields() -> None:
     pcm = synthesize_speech("Hello there.", RATE)
     async with OpenAIAudioStub(transcription_text="  hello there  ") as stub:

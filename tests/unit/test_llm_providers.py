@@ -390,6 +390,8 @@ async def test_a_closed_llama_model_refuses_work() -> None:
 # --- the bundled Gemma 3 270M, for real ------------------------------------------------
 
 
+# A test that loads the GGUF (this fixture) is marked slow: `make test-fast`
+# leaves the models out.
 @pytest.fixture(scope="module")
 async def gemma() -> AsyncIterator[LlamaCppChatModel]:
     model = make_chat_model("llama_cpp")
@@ -411,6 +413,7 @@ def assert_spoken(text: str) -> None:
     assert len(re.findall(r"[.!?](?:\s|$)", text)) <= 2, text
 
 
+@pytest.mark.slow
 async def test_gemma_answers_a_question_in_a_short_sentence(gemma: LlamaCppChatModel) -> None:
     pieces = await texts(gemma, ask("What is the capital of France?"), temperature=0.2)
     text = "".join(pieces)
@@ -422,6 +425,7 @@ async def test_gemma_answers_a_question_in_a_short_sentence(gemma: LlamaCppChatM
     assert stats.stop_reason in ("junk", "eos", "sentences")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "question",
     ["Tell me a fun fact about cats.", "How are you today?", "Why is the ocean salty?", "Hello!"],
@@ -432,6 +436,7 @@ async def test_gemma_answers_are_speakable(gemma: LlamaCppChatModel, question: s
     assert text.lower().rstrip("?!.") != question.lower().rstrip("?!."), "echoed the question"
 
 
+@pytest.mark.slow
 async def test_gemma_honours_the_token_cap(gemma: LlamaCppChatModel) -> None:
     pieces = await texts(gemma, ask("Explain quantum computing in detail."), max_tokens=4)
     assert pieces and pieces[0].strip()
@@ -443,6 +448,7 @@ async def test_gemma_honours_the_token_cap(gemma: LlamaCppChatModel) -> None:
     assert gemma.last_stats.completion_tokens <= gemma.max_answer_tokens
 
 
+@pytest.mark.slow
 async def test_closing_gemma_early_stops_generation(gemma: LlamaCppChatModel) -> None:
     # Greedy, this answer is one sentence of 17 tokens.
     messages = ask("Explain quantum computing in detail.")
@@ -461,6 +467,7 @@ async def test_closing_gemma_early_stops_generation(gemma: LlamaCppChatModel) ->
     assert await collect(gemma, ask("Hello!"), max_tokens=3)
 
 
+@pytest.mark.slow
 async def test_cancelling_the_consumer_stops_gemma(gemma: LlamaCppChatModel) -> None:
     messages = ask("Explain quantum computing in detail.")
     first = asyncio.Event()
@@ -478,6 +485,7 @@ async def test_cancelling_the_consumer_stops_gemma(gemma: LlamaCppChatModel) -> 
     assert gemma.last_stats.stop_reason == "cancelled"
 
 
+@pytest.mark.slow
 async def test_gemma_keeps_the_event_loop_free(gemma: LlamaCppChatModel) -> None:
     ticks: list[float] = []
 
@@ -497,6 +505,7 @@ async def test_gemma_keeps_the_event_loop_free(gemma: LlamaCppChatModel) -> None
     assert longest_gap < max(0.1, elapsed / 3), (longest_gap, elapsed)
 
 
+@pytest.mark.slow
 async def test_gemma_shows_a_long_conversation_in_a_sticky_window(
     gemma: LlamaCppChatModel,
 ) -> None:
@@ -531,6 +540,7 @@ async def test_gemma_shows_a_long_conversation_in_a_sticky_window(
     assert stats is not None and stats.prompt_tokens < 150
 
 
+@pytest.mark.slow
 async def test_a_gguf_of_your_own_without_a_chat_template_is_steered_too() -> None:
     path = bundled_model_path()
     model = make_chat_model("llama_cpp", model_path=str(path), n_ctx=512, n_threads=1)

@@ -42,6 +42,8 @@ def to_16k(pcm: bytes, rate: int) -> bytes:
     return np.asarray(soxr.resample(samples, rate, 16000), dtype="<i2").tobytes()
 
 
+# A test that loads Piper or Whisper (these fixtures) is marked slow: `make
+# test-fast` leaves the models out.
 @pytest.fixture(scope="module")
 async def piper() -> AsyncIterator[Synthesizer]:
     tts = make_synthesizer("piper")
@@ -61,11 +63,13 @@ async def whisper() -> AsyncIterator[Transcriber]:
 # --- local Piper --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_piper_reports_the_voice_rate(piper: Synthesizer) -> None:
     assert piper.sample_rate == 22050
     assert piper.name == "piper:en_US-joe-medium"
 
 
+@pytest.mark.slow
 async def test_piper_streams_sentence_by_sentence(piper: Synthesizer) -> None:
     started = time.monotonic()
     arrivals: list[float] = []
@@ -80,6 +84,7 @@ async def test_piper_streams_sentence_by_sentence(piper: Synthesizer) -> None:
     assert arrivals[0] < 0.75 * arrivals[-1], arrivals
 
 
+@pytest.mark.slow
 async def test_piper_speech_round_trips_through_whisper(
     piper: Synthesizer, whisper: Transcriber
 ) -> None:
@@ -89,6 +94,7 @@ async def test_piper_speech_round_trips_through_whisper(
     assert "first sentence" in heard and "longer" in heard, heard
 
 
+@pytest.mark.slow
 async def test_closing_piper_early_stops_the_worker(piper: Synthesizer) -> None:
     started = time.monotonic()
     stream = piper.synthesize(MANY_SENTENCES)
@@ -104,6 +110,7 @@ async def test_closing_piper_early_stops_the_worker(piper: Synthesizer) -> None:
     assert elapsed < max(2.0, 8 * one_sentence_s), (elapsed, one_sentence_s)
 
 
+@pytest.mark.slow
 async def test_cancelling_the_consumer_stops_piper(piper: Synthesizer) -> None:
     got = asyncio.Event()
 
@@ -121,6 +128,7 @@ async def test_cancelling_the_consumer_stops_piper(piper: Synthesizer) -> None:
     assert after and time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 async def test_piper_runs_off_the_event_loop(piper: Synthesizer) -> None:
     gaps: list[float] = []
     done = asyncio.Event()
@@ -143,10 +151,12 @@ async def test_piper_runs_off_the_event_loop(piper: Synthesizer) -> None:
     assert max(gaps) < min(0.5, took / 2), (max(gaps), took)
 
 
+@pytest.mark.slow
 async def test_piper_with_nothing_to_say_yields_nothing(piper: Synthesizer) -> None:
     assert [c async for c in piper.synthesize("")] == []
 
 
+@pytest.mark.slow
 async def test_piper_length_scale_slows_speech(piper: Synthesizer) -> None:
     # Piper draws phoneme durations with noise on every call: a long sentence and
     # a doubled length scale keep the ratio well clear of it (1.68 to 1.75 seen).

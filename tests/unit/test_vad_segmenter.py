@@ -10,6 +10,8 @@ from tests.support.speech import synthesize_speech, with_silence
 RATE = 16000
 
 
+# Silero loads in about 0.1 s and stays in the fast tests; a test that also
+# synthesizes speech loads Piper and is marked slow.
 @pytest.fixture(scope="module")
 def model() -> SileroModel:
     return SileroModel()
@@ -30,6 +32,7 @@ def run(
     return decisions
 
 
+@pytest.mark.slow
 def test_one_utterance_gives_one_start_and_one_stop(model: SileroModel) -> None:
     speech = synthesize_speech("What is the capital of France?")
     pcm = with_silence(speech, RATE, 500, 1500)
@@ -51,6 +54,7 @@ def test_silence_and_a_click_never_start_a_turn(model: SileroModel) -> None:
     assert run(model, pcm, SegmenterConfig(min_speech_ms=250)) == []
 
 
+@pytest.mark.slow
 def test_pause_shorter_than_silence_duration_keeps_the_turn(model: SileroModel) -> None:
     a = synthesize_speech("I would like to know")
     b = synthesize_speech("the time in Tokyo please.")
@@ -63,6 +67,7 @@ def test_pause_shorter_than_silence_duration_keeps_the_turn(model: SileroModel) 
     assert [type(d) for d in decisions] == [Started, Stopped, Started, Stopped]
 
 
+@pytest.mark.slow
 def test_max_utterance_forces_the_end(model: SileroModel) -> None:
     speech = synthesize_speech(
         "This is a long sentence that keeps going on and on so that the limit is reached."
@@ -75,6 +80,7 @@ def test_max_utterance_forces_the_end(model: SileroModel) -> None:
     assert stops[0].end_ms - stops[0].start_ms <= 1600
 
 
+@pytest.mark.slow
 def test_a_pause_is_announced_before_the_turn_ends(model: SileroModel) -> None:
     a = synthesize_speech("I would like to know")
     b = synthesize_speech("the time in Tokyo please.")
