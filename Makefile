@@ -56,7 +56,8 @@ browser:
 	    { $$(command -v sudo) apt-get update -q >/dev/null && \
 	      $$(command -v sudo) apt-get install -y -q chromium >/dev/null; }; }
 
-test: setup browser
+# Lint first: CI (.ci/run) runs this, so ruff and mypy stay clean.
+test: setup lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
