@@ -21,8 +21,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from parley.cli.client import (
+    FRAME_MS,
+    GatewayError,
+    Microphone,
+    answer,
+    describe_error,
+    open_session,
+)
 from parley.cli.speech import synthesize_speech
-from parley.cli.talk import GatewayClient, GatewayError, Microphone, answer, describe_error
 from parley.cli.wavio import last_voiced_ms, silence
 
 QUESTIONS = [
@@ -70,7 +77,6 @@ HOP_EVENTS = {
 }
 SERVICES = ("gateway", "vad", "asr", "llm", "tts", "tools")
 RATE = 16000
-FRAME_MS = 20
 LEAD_MS = 300
 TAIL_MS = 1500
 
@@ -229,19 +235,12 @@ async def one_turn(
     """Ask one question in a fresh session (with these session settings);
     its timings, words and errors."""
     result: dict[str, Any] = {"question": question, "errors": []}
-    client = await GatewayClient.open(url, token)
+    client = await open_session(url, token)
     mic = Microphone(client.ws, client.input_rate, FRAME_MS, url)
     try:
         if settings:
             result["settings"] = settings
-            mark = len(client.events)
-            await client.send_json({"type": "settings_update", "settings": settings})
-            await client.wait(
-                lambda: client.find(
-                    lambda e: e["type"] in ("settings_updated", "error"), since=mark
-                ),
-                10,
-            )
+            await client.update_settings({"settings": settings})
         speech = synthesize_speech(question, client.input_rate)
         true_end_ms = LEAD_MS + last_voiced_ms(speech, client.input_rate)
         result["speech_ms"] = round(len(speech) / (client.input_rate * 2) * 1000, 1)

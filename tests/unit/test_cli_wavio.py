@@ -19,9 +19,10 @@ from parley.cli.bench import (
     pick_questions,
     summary,
 )
+from parley.cli.client import stalled_at, turn_outcome
 from parley.cli.main import build_parser
 from parley.cli.speech import synthesize_speech
-from parley.cli.talk import _settings_message, stalled_at, turn_outcome
+from parley.cli.talk import _settings_message
 from parley.cli.wavio import WavError, last_voiced_ms, read_wav, silence, write_wav
 
 
@@ -95,11 +96,13 @@ def test_silence_length() -> None:
 
 
 # --- true end of speech ---------------------------------------------------------
+# Real speech needs Piper: the tests that use it are marked slow.
 @pytest.fixture(scope="module")
 def speech() -> bytes:
     return synthesize_speech("How many legs does a spider have?")
 
 
+@pytest.mark.slow
 def test_true_end_of_speech_in_piper_speech_with_silence_padding(speech: bytes) -> None:
     speech_ms = len(speech) / 32
     end_in_clip = last_voiced_ms(speech)
@@ -109,6 +112,7 @@ def test_true_end_of_speech_in_piper_speech_with_silence_padding(speech: bytes) 
     assert last_voiced_ms(padded) == pytest.approx(300 + end_in_clip, abs=10)
 
 
+@pytest.mark.slow
 def test_true_end_of_speech_ignores_quiet_noise_after_the_speech(speech: bytes) -> None:
     rng = np.random.default_rng(1)
     hiss = (rng.standard_normal(16000) * 60).astype("<i2").tobytes()  # about -55 dBFS
