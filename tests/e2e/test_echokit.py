@@ -277,6 +277,8 @@ def _write_wav(path: Path, pcm: bytes, rate: int, channels: int) -> None:
         w.writeframes(pcm)
 
 
+# The hello is real speech: Piper, so slow.
+@pytest.mark.slow
 def test_hello_file_is_sent_verbatim_or_converted(tmp_path: Path) -> None:
     speech = synthesize_speech("Hi there.", 22050, steady=True)
     native = tmp_path / "native.wav"

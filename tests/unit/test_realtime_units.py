@@ -108,6 +108,8 @@ def test_g711_round_trip_keeps_the_signal() -> None:
         assert error < 300, (fmt, error)  # G.711 step at this level
 
 
+# Real speech (Piper) through Silero: slow.
+@pytest.mark.slow
 def test_push_to_talk_segmenter_ends_turns_only_on_commit() -> None:
     model = SileroModel()
     pcm = with_silence(synthesize_speech("Hello there, how are you?"), 16000, 300, 2500)
