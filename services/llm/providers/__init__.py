@@ -1,4 +1,5 @@
-"""Language model providers: local llama.cpp (GGUF), remote OpenAI-compatible."""
+"""Language model providers: local GGUF models (xllamacpp, the default, or
+llama-cpp-python where it is installed), remote OpenAI-compatible."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ from typing import Any
 
 from services.llm.providers.base import ChatModel
 
-PROVIDERS = ("llama_cpp", "openai")
+PROVIDERS = ("xllamacpp", "llama_cpp", "openai")
 
 
 def make_chat_model(provider: str, **options: Any) -> ChatModel:
     """options: the provider class's keyword arguments."""
-    # Imported on demand: the remote provider must not need llama.cpp installed.
+    # Imported on demand: the remote provider must not need a local runtime.
+    if provider == "xllamacpp":
+        from services.llm.providers.xllamacpp_local import XLlamaCppChatModel
+
+        return XLlamaCppChatModel(**options)
     if provider == "llama_cpp":
         from services.llm.providers.llama_local import LlamaCppChatModel
 
