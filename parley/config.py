@@ -102,10 +102,19 @@ class AsrSettings(StageSettings):
 class LlmSettings(StageSettings):
     metrics_port: int = Field(9104, ge=0, le=65535)
     health_port: int = Field(50104, ge=0, le=65535)
-    provider: Literal["llama_cpp", "openai"] = "llama_cpp"
+    # xllamacpp: a local GGUF (prebuilt llama.cpp server, in process);
+    # llama_cpp: the same on llama-cpp-python (the `llama-cpp` extra);
+    # openai: any OpenAI-compatible /v1/chat/completions.
+    provider: Literal["xllamacpp", "llama_cpp", "openai"] = "xllamacpp"
+    # None: the bundled Gemma 3 270M.
     model_path: str | None = None
+    # Context of one answer, in tokens.
     n_ctx: int = Field(2048, ge=256)
-    n_threads: int | None = None
+    # Generation threads (shared by all answers); None: half the cores.
+    n_threads: int | None = Field(None, ge=1)
+    # xllamacpp: answers generated at once (continuous batching); sessions
+    # beyond this wait for one. llama_cpp answers one at a time.
+    parallel: int = Field(4, ge=1, le=64)
     repeat_penalty: float = Field(1.3, ge=1.0)
     base_url: str = "https://api.openai.com/v1"
     api_key: str | None = None

@@ -459,11 +459,12 @@ class LlmStage(Stage):
             )
         else:
             self.model = make_chat_model(
-                "llama_cpp",
+                cfg.provider,
                 model_path=cfg.model_path,
                 n_ctx=cfg.n_ctx,
                 n_threads=cfg.n_threads,
                 repeat_penalty=cfg.repeat_penalty,
+                parallel=cfg.parallel,
             )
         await self.model.load()
 

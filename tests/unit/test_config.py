@@ -6,7 +6,7 @@ from parley.config import ConfigError, load_settings
 def test_defaults_are_the_embedded_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PARLEY_CONFIG", raising=False)
     settings = load_settings()
-    assert settings.llm.provider == "llama_cpp"
+    assert settings.llm.provider == "xllamacpp"
     assert settings.asr.provider == "faster_whisper"
     assert settings.tts.provider == "piper"
 
