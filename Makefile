@@ -15,7 +15,7 @@ PROTOS := $(wildcard proto/parley/v1/*.proto)
 GENERATED := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 PYTEST_ARGS ?=
 
-.PHONY: setup link browser run test test-fast bench lint proto clean
+.PHONY: setup link browser run test test-fast bench lint proto clean wheelhouse image
 
 setup: $(STAMP) link proto
 
@@ -77,3 +77,38 @@ lint: setup
 
 clean:
 	rm -rf parley/v1 .venv .pytest_cache
+
+# --- the container image (deploy/Dockerfile; docs/kubernetes.md) -------------
+# Tagged with pyproject's version, which the overlays in deploy/k8s pin.
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+IMAGE ?= ghcr.io/parley-voice/parley:$(IMAGE_VERSION)
+# No registry is reachable here, so the base is made with debootstrap
+# (deploy/image/make-base.sh); elsewhere: make image BASE_IMAGE=python:3.11.13-slim-bookworm
+BASE_IMAGE ?= parley-base:bookworm-py311
+IMAGE_WHEELS := deploy/image/wheels
+WHEELHOUSE_STAMP := $(IMAGE_WHEELS)/.complete-$(DEPS_HASH)
+
+# Every runtime wheel (pyproject's dependencies, no extras) built on the
+# host, with the image's Python minor, so the build needs no index: a build
+# container here cannot reach PyPI. Wheels already in ~/.cache/parley/wheels (one built
+# from source once) are used rather than built again.
+wheelhouse: $(WHEELHOUSE_STAMP)
+
+$(WHEELHOUSE_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+	  { echo "wheelhouse: needs the image's Python, 3.11 (PYTHON=python3.11)"; exit 1; }
+	@mkdir -p $(IMAGE_WHEELS) $(CACHE_DIR)/wheels build
+	rm -f $(IMAGE_WHEELS)/*.whl $(IMAGE_WHEELS)/.complete-*
+	$(PYTHON) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > build/image-requirements.txt
+	$(PYTHON) -m pip wheel -q --prefer-binary --find-links $(CACHE_DIR)/wheels -w $(IMAGE_WHEELS) \
+	  -r build/image-requirements.txt grpcio-tools
+	@touch $@
+
+# The base (made once, then reused), then the image; the build's time is printed.
+image: $(WHEELHOUSE_STAMP)
+	@case "$(BASE_IMAGE)" in parley-base:*) deploy/image/make-base.sh $(BASE_IMAGE);; esac
+	@start=$$(date +%s); \
+	  DOCKER_BUILDKIT=0 docker build -q -f deploy/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	    -t $(IMAGE) . && \
+	  echo "image: $(IMAGE) built in $$(( $$(date +%s) - start )) s," \
+	    "$$(docker image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.0f MB", $$1/1e6}')"
