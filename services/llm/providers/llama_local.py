@@ -5,7 +5,7 @@ One llama.cpp context, owned by one worker thread: answers take turns on it.
 The default local runtime is xllamacpp_local, which needs no compiler and
 answers several sessions at once; this one stays for machines that have
 llama-cpp-python built already, and as the yardstick of
-`python -m parley.cli.llm_bench`.
+`python -m tests.bench.llm_bench`.
 
 The bundled Gemma 3 270M is steered as gemma_steering describes; a GGUF of
 your own with a chat template in its metadata is used as a chat model
