@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.openai_stub import OpenAIStub
+from tests.support.openai_chat_stub import OpenAIChatStub
 from tests.support.stack import (
     REPO,
     Running,
@@ -111,11 +111,11 @@ async def start_stack(
 
 @contextlib.asynccontextmanager
 async def start_scripted_stack(
-    workdir: Path, env: dict[str, str] | None = None, stub: OpenAIStub | None = None
-) -> AsyncIterator[tuple[Stack, OpenAIStub]]:
+    workdir: Path, env: dict[str, str] | None = None, stub: OpenAIChatStub | None = None
+) -> AsyncIterator[tuple[Stack, OpenAIChatStub]]:
     """A stack whose llm talks to a scripted OpenAI-compatible server (the
     stand-in for a remote model): answers and tool calls known in advance."""
-    async with stub or OpenAIStub() as running_stub:
+    async with stub or OpenAIChatStub() as running_stub:
         llm = {"PARLEY_LLM__PROVIDER": "openai", "PARLEY_LLM__BASE_URL": running_stub.base_url}
         async with start_stack(workdir, env={**llm, **(env or {})}) as stack:
             yield stack, running_stub

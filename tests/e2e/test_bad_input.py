@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.client import ParleyClient
+from parley.cli.client import ParleyClient
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
+from parley.cli.client import ParleyClient
+from parley.cli.wavio import silence
 from tests.e2e.harness import start_scripted_stack
-from tests.support.client import ParleyClient, silence
-from tests.support.openai_stub import OpenAIStub
+from tests.support.openai_chat_stub import OpenAIChatStub
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow
@@ -17,13 +18,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 async def early_stack(tmp_path_factory: pytest.TempPathFactory):
-    stub = OpenAIStub(chat_script=["It is nine in the evening in Tokyo."])
+    stub = OpenAIChatStub(script=["It is nine in the evening in Tokyo."])
     async with start_scripted_stack(tmp_path_factory.mktemp("early"), stub=stub) as started:
         yield started
 
 
 def user_turns(request: dict) -> list[str]:
-    return [m["content"] for m in request["json"]["messages"] if m["role"] == "user"]
+    return [m["content"] for m in request.json["messages"] if m["role"] == "user"]
 
 
 async def test_a_pause_mid_sentence_prepares_nothing_that_is_heard(early_stack) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import nats
 import pytest
 
-from tests.support.client import ParleyClient
+from parley.cli.client import ParleyClient
 
 pytestmark = pytest.mark.slow
 

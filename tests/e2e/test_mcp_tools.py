@@ -15,11 +15,11 @@ import pytest
 from mcp import Client
 
 from parley.bus import TOOLS_CALL, TOOLS_LIST
+from parley.cli.client import ParleyClient
 from parley.v1 import tools_pb2
 from tests.e2e.harness import REPO, Process, free_port, spawn, start_scripted_stack
 from tests.e2e.test_pipeline import ask
-from tests.support.client import ParleyClient
-from tests.support.openai_stub import tool_call_deltas
+from tests.support.openai_chat_stub import ChatReply, tool_call_deltas
 
 pytestmark = pytest.mark.slow
 
@@ -128,9 +128,11 @@ async def test_servers_tools_are_listed_and_namespaced(hub) -> None:
 
 async def test_spoken_request_switches_the_light_on(hub) -> None:
     stack, stub, _, state = hub
-    stub.chat_queue = [
-        tool_call_deltas([("call_l", "school_set_light", '{"room": "kitchen", "on": true}')]),
-        ["Done, the kitchen light is on."],
+    stub.replies = [
+        ChatReply(
+            tool_call_deltas([("call_l", "school_set_light", '{"room": "kitchen", "on": true}')])
+        ),
+        ChatReply(["Done, the kitchen light is on."]),
     ]
     client = await ParleyClient.open(stack.gateway_url)
     try:
@@ -139,7 +141,7 @@ async def test_spoken_request_switches_the_light_on(hub) -> None:
         assert "kitchen" in turn["transcript"].lower()
         assert turn["text"] == "Done, the kitchen light is on."
         assert client.audio
-        result = [m for m in stub.requests[asked + 1]["json"]["messages"] if m["role"] == "tool"]
+        result = [m for m in stub.requests[asked + 1].json["messages"] if m["role"] == "tool"]
         assert result[0]["content"] == "The kitchen light is now on."
     finally:
         await client.close()
@@ -152,23 +154,27 @@ async def test_a_hanging_tool_and_a_dead_server_give_spoken_apologies(hub) -> No
     stack, stub, nc, state = hub
     client = await ParleyClient.open(stack.gateway_url)
     try:
-        stub.chat_queue = [
-            tool_call_deltas([("call_s", "school_slow_lookup", '{"query": "anything"}')]),
-            ["Sorry, that lookup took too long."],
+        stub.replies = [
+            ChatReply(
+                tool_call_deltas([("call_s", "school_slow_lookup", '{"query": "anything"}')])
+            ),
+            ChatReply(["Sorry, that lookup took too long."]),
         ]
         asked = len(stub.requests)
         await client.send_json({"type": "text_input", "text": "Look something up."})
         ended = await client.wait_for("response_end", timeout=30)
         assert ended["text"] == "Sorry, that lookup took too long."
-        tool_result = stub.requests[asked + 1]["json"]["messages"][-1]["content"]
+        tool_result = stub.requests[asked + 1].json["messages"][-1]["content"]
         assert tool_result.startswith("Error:") and "timed out" in tool_result
         await client.wait_for("tts_end", response_id=ended["response_id"], timeout=30)
 
         # The school server goes down: the call fails into words, not silence.
         await stack.stop(state["school"])
-        stub.chat_queue = [
-            tool_call_deltas([("call_d", "school_set_light", '{"room": "hall", "on": true}')]),
-            ["Sorry, I cannot reach the lights right now."],
+        stub.replies = [
+            ChatReply(
+                tool_call_deltas([("call_d", "school_set_light", '{"room": "hall", "on": true}')])
+            ),
+            ChatReply(["Sorry, I cannot reach the lights right now."]),
         ]
         mark = len(client.events)
         asked = len(stub.requests)
@@ -178,7 +184,7 @@ async def test_a_hanging_tool_and_a_dead_server_give_spoken_apologies(hub) -> No
             "response_end", after=mark, response_id=started["response_id"], timeout=30
         )
         assert ended["status"] == "completed"
-        tool_result = stub.requests[asked + 1]["json"]["messages"][-1]["content"]
+        tool_result = stub.requests[asked + 1].json["messages"][-1]["content"]
         assert tool_result.startswith("Error:"), tool_result
 
         # It comes back: the hub reconnects and its tools return.

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from parley.cli.client import ParleyClient
 from tests.e2e.harness import start_scripted_stack
 from tests.e2e.test_pipeline import ask
-from tests.support.client import ParleyClient
-from tests.support.openai_stub import tool_call_deltas
+from tests.support.openai_chat_stub import ChatReply, tool_call_deltas
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,11 @@ async def traced(tmp_path_factory: pytest.TempPathFactory):
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         },
     ) as (running, stub):
-        stub.chat_queue = [
-            tool_call_deltas([("call_t", "get_current_time", '{"timezone": "Europe/Paris"}')]),
-            ["It is morning in Paris.", " Have a nice day."],
+        stub.replies = [
+            ChatReply(
+                tool_call_deltas([("call_t", "get_current_time", '{"timezone": "Europe/Paris"}')])
+            ),
+            ChatReply(["It is morning in Paris.", " Have a nice day."]),
         ]
         client = await ParleyClient.open(running.gateway_url)
         turn = await ask(client, "What time is it in Paris?")

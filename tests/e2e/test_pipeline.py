@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from tests.support.client import ParleyClient, silence
+from parley.cli.client import ParleyClient
+from parley.cli.wavio import silence
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow

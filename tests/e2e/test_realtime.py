@@ -4,7 +4,7 @@ stack: Piper speech appended at real-time pace, server VAD turns, input
 transcription, spoken answers, client function tools, interruption and
 truncation, push-to-talk, G.711 µ-law, and bad input.
 
-The llm is a scripted OpenAI-compatible stand-in (tests/support/openai_stub.py),
+The llm is a scripted OpenAI-compatible stand-in (tests/support/openai_chat_stub.py),
 so answers and tool calls are known in advance; vad, asr and tts are the real
 local models."""
 
@@ -28,7 +28,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.e2e.harness import REPO, Stack, start_scripted_stack
-from tests.support.openai_stub import OpenAIStub, tool_call_deltas
+from tests.support.openai_chat_stub import ChatReply, OpenAIChatStub, tool_call_deltas
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow
@@ -165,7 +165,9 @@ def _get(event: dict[str, Any], path: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-async def rt(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Stack, OpenAIStub]]:
+async def rt(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[Stack, OpenAIChatStub]]:
     async with start_scripted_stack(tmp_path_factory.mktemp("realtime")) as (stack, stub):
         yield stack, stub
 
@@ -209,7 +211,7 @@ async def configured(stack: Stack, session: Any = GA_SESSION) -> AsyncIterator[T
 
 async def test_ga_spoken_conversation_and_latency(rt, transcribe) -> None:
     stack, stub = rt
-    stub.chat_script = ["Paris is", " the capital", " of France."]
+    stub.script = ["Paris is", " the capital", " of France."]
     async with client_for(stack).realtime.connect(model="gpt-realtime") as conn:
         talk = Talk(conn)
         try:
@@ -281,7 +283,7 @@ async def test_ga_spoken_conversation_and_latency(rt, transcribe) -> None:
                 said = await transcribe(pcm, RATE)
                 assert {"paris", "capital"} & words(said), said
                 # The model got the user's words, and the session's instructions.
-                messages = stub.requests[-1]["json"]["messages"]
+                messages = stub.requests[-1].json["messages"]
                 assert messages[0] == {"role": "system", "content": "You are a terse assistant."}
                 assert "capital" in messages[-1]["content"].lower()
         finally:
@@ -310,7 +312,7 @@ async def test_ga_spoken_conversation_and_latency(rt, transcribe) -> None:
 
 async def test_beta_dialect_speech_and_text(rt) -> None:
     stack, stub = rt
-    stub.chat_script = ["Spiders have", " eight legs."]
+    stub.script = ["Spiders have", " eight legs."]
     async with client_for(stack).beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
         talk = Talk(conn)
         try:
@@ -349,7 +351,7 @@ async def test_beta_dialect_speech_and_text(rt) -> None:
             assert len(talk.audio(done["response"]["id"], "response.audio.delta")) > RATE
 
             # Typed input: a user text item, answered on response.create.
-            stub.chat_script = ["Hello to you", " too."]
+            stub.script = ["Hello to you", " too."]
             start = len(talk.events)
             await conn.conversation.item.create(
                 item={
@@ -366,16 +368,16 @@ async def test_beta_dialect_speech_and_text(rt) -> None:
             done = await talk.wait_for("response.done", after=start, timeout=60)
             assert done["response"]["status"] == "completed"
             assert done["response"]["output"][0]["content"][0]["transcript"] == "Hello to you too."
-            assert stub.requests[-1]["json"]["messages"][-1]["content"] == "Say hello."
+            assert stub.requests[-1].json["messages"][-1]["content"] == "Say hello."
         finally:
             await talk.close()
 
 
 async def test_function_tool_round_trip(rt) -> None:
     stack, stub = rt
-    stub.chat_queue = [
-        tool_call_deltas([("call_w", "get_weather", '{"city": "Paris"}')]),
-        ["It is sunny", " and 21 degrees", " in Paris."],
+    stub.replies = [
+        ChatReply(tool_call_deltas([("call_w", "get_weather", '{"city": "Paris"}')])),
+        ChatReply(["It is sunny", " and 21 degrees", " in Paris."]),
     ]
     async with configured(stack, {**GA_SESSION, "tools": [WEATHER_TOOL]}) as talk:
         conn = talk.conn
@@ -389,7 +391,7 @@ async def test_function_tool_round_trip(rt) -> None:
         assert [o["type"] for o in output] == ["function_call"]
         assert output[0]["call_id"] == args["call_id"]
         # The client's function sits beside the tools service's own.
-        offered = [t["function"]["name"] for t in stub.requests[-1]["json"]["tools"]]
+        offered = [t["function"]["name"] for t in stub.requests[-1].json["tools"]]
         assert "get_weather" in offered
         assert {"get_current_time", "end_conversation"} <= set(offered)
 
@@ -409,7 +411,7 @@ async def test_function_tool_round_trip(rt) -> None:
         assert transcript == "It is sunny and 21 degrees in Paris."
         assert len(talk.audio(done["response"]["id"])) > RATE
         # The model got the client's output as the tool result.
-        tool_msgs = [m for m in stub.requests[-1]["json"]["messages"] if m["role"] == "tool"]
+        tool_msgs = [m for m in stub.requests[-1].json["messages"] if m["role"] == "tool"]
         assert "sunny" in tool_msgs[-1]["content"]
         # response.create after the output joined the answer: no second one.
         await asyncio.sleep(1.5)
@@ -422,9 +424,9 @@ async def test_client_functions_and_hub_tools_coexist(rt) -> None:
     own tools runs on the server: the client sees no function_call item, and
     the answer uses the tool's result."""
     stack, stub = rt
-    stub.chat_queue = [
-        tool_call_deltas([("call_t", "get_current_time", '{"timezone": "Asia/Tokyo"}')]),
-        ["It is", " night", " in Tokyo."],
+    stub.replies = [
+        ChatReply(tool_call_deltas([("call_t", "get_current_time", '{"timezone": "Asia/Tokyo"}')])),
+        ChatReply(["It is", " night", " in Tokyo."]),
     ]
     async with configured(stack, {**GA_SESSION, "tools": [WEATHER_TOOL]}) as talk:
         start = len(talk.events)
@@ -436,15 +438,15 @@ async def test_client_functions_and_hub_tools_coexist(rt) -> None:
         assert output[0]["content"][0]["transcript"] == "It is night in Tokyo."
         assert not talk.of("response.function_call_arguments.done", start)
         # The model got the hub's answer (the time in Tokyo) as the tool result.
-        tool_msgs = [m for m in stub.requests[-1]["json"]["messages"] if m["role"] == "tool"]
+        tool_msgs = [m for m in stub.requests[-1].json["messages"] if m["role"] == "tool"]
         assert "Asia/Tokyo" in tool_msgs[-1]["content"], tool_msgs
-        offered = [t["function"]["name"] for t in stub.requests[-1]["json"]["tools"]]
+        offered = [t["function"]["name"] for t in stub.requests[-1].json["tools"]]
         assert {"get_weather", "get_current_time"} <= set(offered)
 
 
 async def test_interruption_then_truncate(rt) -> None:
     stack, stub = rt
-    stub.chat_script = LONG_ANSWER
+    stub.script = LONG_ANSWER
     async with configured(stack) as talk:
         conn = talk.conn
         start = len(talk.events)
@@ -453,7 +455,7 @@ async def test_interruption_then_truncate(rt) -> None:
         rid, item_id = first["response_id"], first["item_id"]
         # Let about two seconds of the answer play, then speak over it.
         await talk.append(silence(2000))
-        stub.chat_script = ["Sure, something else."]
+        stub.script = ["Sure, something else."]
         mark = len(talk.events)
         interrupting = asyncio.create_task(
             talk.append(synthesize_speech("Stop, tell me something else.", RATE) + silence(1200))
@@ -484,7 +486,7 @@ async def test_interruption_then_truncate(rt) -> None:
         assert answer["response"]["id"] != rid
         assert answer["response"]["status"] == "completed"
         # The model's history keeps only what was heard of the long answer.
-        history = stub.requests[-1]["json"]["messages"]
+        history = stub.requests[-1].json["messages"]
         kept = [m["content"] for m in history if m["role"] == "assistant"][-1]
         # Less than two seconds were played: part of the first sentence,
         # as the truncation said (the pacing clock had counted more).
@@ -495,7 +497,7 @@ async def test_interruption_then_truncate(rt) -> None:
 
 async def test_push_to_talk(rt) -> None:
     stack, stub = rt
-    stub.chat_script = ["Two plus two", " is four."]
+    stub.script = ["Two plus two", " is four."]
     session = json.loads(json.dumps(GA_SESSION))
     session["audio"]["input"]["turn_detection"] = None
     async with configured(stack, session) as talk:
@@ -536,7 +538,7 @@ async def test_push_to_talk(rt) -> None:
 
 async def test_g711_ulaw_in_and_out(rt, transcribe) -> None:
     stack, stub = rt
-    stub.chat_script = ["The sky", " is blue."]
+    stub.script = ["The sky", " is blue."]
     async with client_for(stack).beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
         talk = Talk(conn)
         try:

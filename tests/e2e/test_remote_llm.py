@@ -8,9 +8,10 @@ import asyncio
 
 import pytest
 
+from parley.cli.client import ParleyClient
+from parley.cli.wavio import silence
 from tests.e2e.harness import start_scripted_stack
-from tests.support.client import ParleyClient, silence
-from tests.support.openai_stub import tool_call_deltas
+from tests.support.openai_chat_stub import ChatReply, tool_call_deltas
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow
@@ -33,8 +34,8 @@ async def remote_stack(tmp_path_factory: pytest.TempPathFactory):
 
 async def test_remote_model_answer_is_streamed_and_spoken(remote_stack) -> None:
     stack, stub = remote_stack
-    stub.chat_script = ["The moon", " is about", " 384,000 kilometres away.", " Quite far!"]
-    stub.chat_delay_s = 0.05
+    stub.script = ["The moon", " is about", " 384,000 kilometres away.", " Quite far!"]
+    stub.delay_s = 0.05
     client = await ParleyClient.open(stack.gateway_url)
     try:
         await client.send_json({"type": "text_input", "text": "How far is the moon?"})
@@ -46,8 +47,11 @@ async def test_remote_model_answer_is_streamed_and_spoken(remote_stack) -> None:
         await client.wait_for("tts_end", response_id=ended["response_id"], timeout=30)
         assert len(client.audio) > 16000  # more than half a second at 16 kHz
         request = stub.requests[-1]
-        assert request["auth"] == "Bearer secret" and request["json"]["model"] == "stub-model"
-        assert request["json"]["messages"][-1] == {
+        assert (
+            request.headers.get("Authorization") == "Bearer secret"
+            and request.json["model"] == "stub-model"
+        )
+        assert request.json["messages"][-1] == {
             "role": "user",
             "content": "How far is the moon?",
         }
@@ -57,9 +61,9 @@ async def test_remote_model_answer_is_streamed_and_spoken(remote_stack) -> None:
 
 async def test_barge_in_stops_everything_and_history_keeps_what_was_heard(remote_stack) -> None:
     stack, stub = remote_stack
-    stub.chat_script = LONG_ANSWER
-    stub.chat_delay_s = 0.08  # ~8 s of generation: still streaming when cut
-    stub.chat_disconnected.clear()
+    stub.script = LONG_ANSWER
+    stub.delay_s = 0.08  # ~8 s of generation: still streaming when cut
+    stub.disconnected.clear()
     client = await ParleyClient.open(stack.gateway_url)
     try:
         await client.send_json({"type": "text_input", "text": "Tell me a long story."})
@@ -72,24 +76,24 @@ async def test_barge_in_stops_everything_and_history_keeps_what_was_heard(remote
         ended = await client.wait_for("response_end", response_id=rid, timeout=5)
         assert ended["status"] == "cancelled"
         # The provider's HTTP stream was closed: generation stopped.
-        await asyncio.wait_for(stub.chat_disconnected.wait(), 5)
+        await asyncio.wait_for(stub.disconnected.wait(), 5)
         await streaming
         # No audio of the cancelled answer arrived after the flush (allow one
         # frame already on the wire).
-        late = [n for at, n in client.frames if at > cleared["_at"] + 0.1]
+        late = [n for at, n in client.frames if at > client.arrived_at(cleared) + 0.1]
         next_tts = [e for e in client.of_type("tts_start") if e["response_id"] != rid]
         if not next_tts:
             assert sum(late) == 0
         # The interruption is answered as a turn of its own; the history sent
         # with it holds only the part of the long answer that was heard.
         await client.wait_for("transcription", final=True, timeout=30)
-        stub.chat_script = ["Sure."]
+        stub.script = ["Sure."]
         await client.wait_for("response_start", timeout=30, after=client.events.index(ended) + 1)
         # The response starts before its HTTP request is made.
         async with asyncio.timeout(10):
-            while stub.requests[-1]["json"]["messages"][-1]["content"].startswith("Tell me"):
+            while stub.requests[-1].json["messages"][-1]["content"].startswith("Tell me"):
                 await asyncio.sleep(0.05)
-        messages = stub.requests[-1]["json"]["messages"]
+        messages = stub.requests[-1].json["messages"]
         assistant = [m["content"] for m in messages if m["role"] == "assistant"]
         full = "".join(LONG_ANSWER).strip()
         assert assistant, messages
@@ -108,10 +112,10 @@ async def ask_typed(client: ParleyClient, text: str) -> dict:
 
 async def test_a_tool_call_runs_and_the_answer_uses_its_result(remote_stack) -> None:
     stack, stub = remote_stack
-    stub.chat_delay_s = 0.0
-    stub.chat_queue = [
-        tool_call_deltas([("call_1", "get_current_time", '{"timezone": "Asia/Tokyo"}')]),
-        ["In Tokyo it is", " late evening."],
+    stub.delay_s = 0.0
+    stub.replies = [
+        ChatReply(tool_call_deltas([("call_1", "get_current_time", '{"timezone": "Asia/Tokyo"}')])),
+        ChatReply(["In Tokyo it is", " late evening."]),
     ]
     client = await ParleyClient.open(stack.gateway_url)
     try:
@@ -122,9 +126,9 @@ async def test_a_tool_call_runs_and_the_answer_uses_its_result(remote_stack) -> 
         processing = [e for e in client.of_type("processing") if e["stage"] == "llm"]
         assert processing and "get_current_time" in processing[0]["detail"]
         first, second = stub.requests[asked : asked + 2]
-        names = [t["function"]["name"] for t in first["json"]["tools"]]
+        names = [t["function"]["name"] for t in first.json["tools"]]
         assert "get_current_time" in names
-        messages = second["json"]["messages"]
+        messages = second.json["messages"]
         call_msg, result_msg = messages[-2], messages[-1]
         assert call_msg["tool_calls"][0]["function"]["name"] == "get_current_time"
         assert result_msg["role"] == "tool" and result_msg["tool_call_id"] == "call_1"
@@ -135,16 +139,18 @@ async def test_a_tool_call_runs_and_the_answer_uses_its_result(remote_stack) -> 
 
 async def test_parallel_calls_and_failing_tools_become_results(remote_stack) -> None:
     stack, stub = remote_stack
-    stub.chat_delay_s = 0.0
-    stub.chat_queue = [
-        tool_call_deltas(
-            [
-                ("call_a", "get_current_time", '{"timezone": "Europe/Paris"}'),
-                ("call_b", "get_current_time", '{"timezone": "America/New_York"}'),
-                ("call_c", "launch_rocket", "{}"),
-            ]
+    stub.delay_s = 0.0
+    stub.replies = [
+        ChatReply(
+            tool_call_deltas(
+                [
+                    ("call_a", "get_current_time", '{"timezone": "Europe/Paris"}'),
+                    ("call_b", "get_current_time", '{"timezone": "America/New_York"}'),
+                    ("call_c", "launch_rocket", "{}"),
+                ]
+            )
         ),
-        ["Paris and New York are six hours apart, and I cannot launch rockets."],
+        ChatReply(["Paris and New York are six hours apart, and I cannot launch rockets."]),
     ]
     client = await ParleyClient.open(stack.gateway_url)
     try:
@@ -153,14 +159,14 @@ async def test_parallel_calls_and_failing_tools_become_results(remote_stack) -> 
         assert ended["status"] == "completed"
         results = {
             m["tool_call_id"]: m["content"]
-            for m in stub.requests[asked + 1]["json"]["messages"]
+            for m in stub.requests[asked + 1].json["messages"]
             if m["role"] == "tool"
         }
         assert "Europe/Paris" in results["call_a"]
         assert "America/New_York" in results["call_b"]
         assert results["call_c"].startswith("Error:") and "launch_rocket" in results["call_c"]
         # The next turn works.
-        stub.chat_script = ["Yes."]
+        stub.script = ["Yes."]
         assert (await ask_typed(client, "Still there?"))["status"] == "completed"
     finally:
         await client.close()
@@ -170,8 +176,8 @@ async def test_short_sounds_do_not_interrupt_with_a_minimum_interrupt_duration(
     remote_stack,
 ) -> None:
     stack, stub = remote_stack
-    stub.chat_script = LONG_ANSWER
-    stub.chat_delay_s = 0.02
+    stub.script = LONG_ANSWER
+    stub.delay_s = 0.02
     client = await ParleyClient.open(stack.gateway_url)
     try:
         await client.send_json({"type": "settings_update", "settings": {"min_interrupt_ms": 1200}})
@@ -193,8 +199,8 @@ async def test_short_sounds_do_not_interrupt_with_a_minimum_interrupt_duration(
 
 async def test_with_barge_in_off_the_agent_hears_itself_and_goes_on(remote_stack) -> None:
     stack, stub = remote_stack
-    stub.chat_script = LONG_ANSWER[:18]
-    stub.chat_delay_s = 0.02
+    stub.script = LONG_ANSWER[:18]
+    stub.delay_s = 0.02
     client = await ParleyClient.open(stack.gateway_url)
     try:
         await client.send_json({"type": "settings_update", "settings": {"barge_in": False}})
@@ -214,10 +220,10 @@ async def test_with_barge_in_off_the_agent_hears_itself_and_goes_on(remote_stack
 
 async def test_the_agent_ends_the_conversation_after_its_goodbye(remote_stack) -> None:
     stack, stub = remote_stack
-    stub.chat_delay_s = 0.0
-    stub.chat_queue = [
-        tool_call_deltas([("call_e", "end_conversation", '{"goodbye": "Bye now"}')]),
-        ["Goodbye, talk to you soon!"],
+    stub.delay_s = 0.0
+    stub.replies = [
+        ChatReply(tool_call_deltas([("call_e", "end_conversation", '{"goodbye": "Bye now"}')])),
+        ChatReply(["Goodbye, talk to you soon!"]),
     ]
     client = await ParleyClient.open(stack.gateway_url)
     try:

@@ -11,10 +11,10 @@ from collections import defaultdict
 import nats
 import pytest
 
+from parley.cli.client import ParleyClient
 from parley.v1 import placement_pb2
 from tests.e2e.harness import start_stack
 from tests.e2e.test_pipeline import ask, words
-from tests.support.client import ParleyClient
 
 pytestmark = pytest.mark.slow
 

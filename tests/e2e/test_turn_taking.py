@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from parley.cli.client import FRAME_MS, ParleyClient
+from parley.cli.wavio import silence
 from tests.e2e.harness import REPO, start_scripted_stack
-from tests.support.client import FRAME_MS, ParleyClient, silence
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow
@@ -97,8 +98,8 @@ def cough(ms: int = 150, rate: int = 16000) -> bytes:
 
 async def test_acknowledgements_and_coughs_do_not_stop_the_answer(remote_stack) -> None:
     stack, stub = remote_stack
-    stub.chat_script = LONG_ANSWER
-    stub.chat_delay_s = 0.05  # still generating while the user acknowledges
+    stub.script = LONG_ANSWER
+    stub.delay_s = 0.05  # still generating while the user acknowledges
     client = await ParleyClient.open(stack.gateway_url)
     try:
         await configure(client, backchannels=BACKCHANNELS)
@@ -113,8 +114,8 @@ async def test_acknowledgements_and_coughs_do_not_stop_the_answer(remote_stack) 
         await client.stream(synthesize_speech("Yeah, okay.", steady=True) + silence(1500))
         assert not client.of_type("playback_cleared"), client.of_type("playback_cleared")
         # A real question does interrupt it.
-        stub.chat_script = ["It is noon."]
-        stub.chat_delay_s = 0.0
+        stub.script = ["It is noon."]
+        stub.delay_s = 0.0
         await client.stream(synthesize_speech("What time is it in Tokyo?") + silence(1200))
         await client.wait_for("playback_cleared", response_id=rid, timeout=15)
         cut = await client.wait_for("response_end", response_id=rid, status="cancelled", timeout=5)
@@ -129,8 +130,8 @@ async def test_acknowledgements_and_coughs_do_not_stop_the_answer(remote_stack) 
 async def test_interrupt_latency_over_ten_runs(remote_stack) -> None:
     """Speech onset in the input stream -> the last audio frame sent, per run."""
     stack, stub = remote_stack
-    stub.chat_script = LONG_ANSWER
-    stub.chat_delay_s = 0.03
+    stub.script = LONG_ANSWER
+    stub.delay_s = 0.03
     speech = synthesize_speech("Wait, stop please.", steady=True)
     # The client sends each 20 ms frame as it begins: the frame holding the
     # onset enters the input stream at its start, which is where we measure.
@@ -148,7 +149,7 @@ async def test_interrupt_latency_over_ten_runs(remote_stack) -> None:
             await client.stream(speech + silence(900))
             cleared = await client.wait_for("playback_cleared", response_id=rid, timeout=15)
             spoken_at = began + onset
-            last = max(at for at, _ in client.frames if at <= cleared["_at"] + 0.05)
+            last = max(at for at, _ in client.frames if at <= client.arrived_at(cleared) + 0.05)
             latencies.append((last - spoken_at) * 1000)
         finally:
             await client.close()

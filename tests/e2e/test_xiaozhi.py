@@ -9,7 +9,6 @@ import json
 import re
 import statistics
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.e2e.harness import REPO, Stack, start_scripted_stack
-from tests.support.openai_stub import tool_call_deltas
+from tests.support.openai_chat_stub import ChatReply, tool_call_deltas
 from tests.support.speech import synthesize_speech, with_silence
 from tests.support.xiaozhi_device import XiaozhiDevice, ota_check
 
@@ -211,20 +210,22 @@ async def test_device_mcp_tool_is_listed_and_called(tool_stack) -> None:
                 for m in device.messages
             ):
                 await asyncio.sleep(0.05)
-        stub.chat_queue = [
-            tool_call_deltas([("call_v", "self_audio_speaker_set_volume", '{"volume": 30}')]),
-            ["The volume is now thirty."],
+        stub.replies = [
+            ChatReply(
+                tool_call_deltas([("call_v", "self_audio_speaker_set_volume", '{"volume": 30}')])
+            ),
+            ChatReply(["The volume is now thirty."]),
         ]
         asked = len(stub.requests)
         mark = len(device.messages)
         await turn(device, "Please set the volume to thirty.", "auto")
-        offered = {t["function"]["name"] for t in stub.requests[asked]["json"]["tools"]}
+        offered = {t["function"]["name"] for t in stub.requests[asked].json["tools"]}
         assert {"self_audio_speaker_set_volume", "self_get_device_status"} <= offered
         assert device.tool_calls == [
             {"name": "self.audio_speaker.set_volume", "arguments": {"volume": 30}}
         ]
         assert device.volume == 30
-        tool_result = stub.requests[asked + 1]["json"]["messages"][-1]
+        tool_result = stub.requests[asked + 1].json["messages"][-1]
         assert tool_result["role"] == "tool" and tool_result["content"] == "true"
         said = [m["text"] for m in device.messages[mark:] if m.get("state") == "sentence_start"]
         assert said == ["The volume is now thirty."]
@@ -313,7 +314,7 @@ async def test_bad_input_gets_alerts_and_the_gateway_survives(tool_stack) -> Non
         await device.send_json({"type": "iot", "descriptors": [{"name": "Speaker"}]})
 
         # Still alive: a typed question is answered.
-        stub.chat_queue = [["Still here."]]
+        stub.replies = [ChatReply(["Still here."])]
         mark = len(device.messages)
         await device.send_json({"type": "listen", "state": "detect", "text": "Are you there?"})
         sentence = await device.wait_json("tts", after=mark, state="sentence_start", timeout=30)
@@ -325,7 +326,7 @@ async def test_bad_input_gets_alerts_and_the_gateway_survives(tool_stack) -> Non
 
 async def test_a_device_vanishing_mid_answer_is_cleaned_up(tool_stack) -> None:
     stack, stub = tool_stack
-    stub.chat_queue = [["One. Two. Three. Four. Five. Six. Seven. Eight. Nine. Ten."]]
+    stub.replies = [ChatReply(["One. Two. Three. Four. Five. Six. Seven. Eight. Nine. Ten."])]
     device = await device_for(stack, ALLOWED, token=TOKEN)
     await device.send_json({"type": "listen", "state": "detect", "text": "Count to ten."})
     async with asyncio.timeout(30):
@@ -339,7 +340,7 @@ async def test_a_device_vanishing_mid_answer_is_cleaned_up(tool_stack) -> None:
         while not closed.search(gateway.log.read_text()):
             await asyncio.sleep(0.1)
     # And the next board is served.
-    stub.chat_queue = [["Hello again."]]
+    stub.replies = [ChatReply(["Hello again."])]
     other = await device_for(stack, ALLOWED, token=TOKEN)
     try:
         mark = len(other.messages)
@@ -349,8 +350,32 @@ async def test_a_device_vanishing_mid_answer_is_cleaned_up(tool_stack) -> None:
         await other.close()
 
 
-def test_docs_name_every_message() -> None:
+async def test_docs_name_every_message(tool_stack) -> None:
     doc = (REPO / "docs" / "xiaozhi.md").read_text()
     for word in ("listen", "abort", "stt", "llm", "tts", "mcp", "alert", "goodbye", "iot"):
         assert f"`{word}`" in doc, word
-    assert Path(REPO / "services" / "gateway" / "xiaozhi.py").exists()
+    # And every kind of message a board really gets in a session (the MCP
+    # handshake, keepalives, a typed turn, an alert) is one the document names,
+    # down to the tts states and llm emotions: a new one must be documented.
+    stack, stub = tool_stack
+    stub.replies = [ChatReply(["Here I am."])]
+    device = await device_for(stack, ALLOWED, token=TOKEN)
+    try:
+        mark = len(device.messages)
+        await device.send_json({"type": "listen", "state": "detect", "text": "Are you there?"})
+        await device.wait_json("tts", after=mark, state="stop", timeout=30)
+        await device.send_json({"type": "dance"})
+        await device.wait_json("alert", after=mark, timeout=5)
+        await asyncio.sleep(1.5)  # a keepalive (keepalive_s is 1)
+    finally:
+        await device.close()
+    received = device.messages
+    assert {"hello", "mcp", "stt", "llm", "tts", "alert"} <= {m["type"] for m in received}
+    for m in received:
+        assert f"`{m['type']}`" in doc, m
+        if m["type"] == "tts":
+            assert f"`state: {m['state']}`" in doc, m
+        if m["type"] == "llm" and "emotion" in m:
+            assert f"`{m['emotion']}`" in doc, m
+        if m["type"] == "alert":
+            assert f"`emotion: {m['emotion']}`" in doc, m
