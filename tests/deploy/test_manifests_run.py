@@ -27,7 +27,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 import uuid
@@ -41,7 +40,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from parley.cli.client import ParleyClient
-from parley.wavio import silence
 from tests.deploy.render import (
     PARLEY_IMAGE,
     ROOT,
@@ -51,7 +49,7 @@ from tests.deploy.render import (
     probe_port,
     render,
 )
-from tests.support.speech import synthesize_speech
+from tests.deploy.turn import spoken_turn
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -82,40 +80,6 @@ def docker(
     if check and result.returncode != 0:
         raise AssertionError(f"docker {' '.join(args[:3])}...: {result.stderr.strip()}")
     return result
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The dev overlay's Parley image, built now by `make image` (its layers
-    are cached, so an unchanged tree rebuilds in seconds): the test always
-    runs the code of this checkout."""
-    if shutil.which("docker") is None:
-        raise AssertionError(
-            "docker is not installed: this test runs the dev overlay's containers"
-            " (apt-get install docker.io); it is never skipped"
-        )
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    assert info.returncode == 0, f"the Docker engine does not answer: {info.stderr.strip()}"
-    images = {
-        c["image"]
-        for w in render(OVERLAY)
-        if w["kind"] in ("Deployment", "StatefulSet")
-        for c in containers(w)
-        if c["image"].startswith(PARLEY_IMAGE + ":")
-    }
-    assert len(images) == 1, images
-    (tag,) = images
-    started = time.monotonic()
-    build = subprocess.run(
-        ["make", "image", f"IMAGE={tag}"], cwd=ROOT, capture_output=True, text=True, timeout=3600
-    )
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    (REPORT_DIR / "make-image.log").write_text(build.stdout + build.stderr)
-    assert build.returncode == 0, f"make image failed:\n{(build.stdout + build.stderr)[-4000:]}"
-    print(
-        f"make image: {time.monotonic() - started:.0f} s; {build.stdout.strip().splitlines()[-1]}"
-    )
-    return tag
 
 
 # --- from manifests to `docker run` -------------------------------------------------
@@ -470,29 +434,6 @@ def pods_of(objects: list[dict[str, Any]]) -> tuple[list[Pod], list[Pod]]:
         pod_name = f"{name}-{uuid.uuid4().hex[:5]}"
         deployments.append(Pod(pod_name, deployment, hostname=pod_name))
     return nats, deployments
-
-
-async def spoken_turn(url: str, token: str) -> dict[str, Any]:
-    client = await ParleyClient.open(url, token=token)
-    try:
-        start = len(client.events)
-        await client.stream(
-            silence(300) + synthesize_speech("What is the capital of France?") + silence(1200)
-        )
-        final = await client.wait_for("transcription", after=start, final=True, timeout=90)
-        started = await client.wait_for("response_start", after=start, timeout=90)
-        rid = started["response_id"]
-        ended = await client.wait_for("response_end", after=start, response_id=rid, timeout=120)
-        await client.wait_for("tts_end", after=start, response_id=rid, timeout=120)
-        rate = client.output_rate
-        return {
-            "transcript": final["text"],
-            "status": ended["status"],
-            "answer": "".join(e["delta"] for e in client.events if e["type"] == "response_text"),
-            "audio_s": len(client.audio) / (rate * 2),
-        }
-    finally:
-        await client.close()
 
 
 def memory_mb(cluster: Cluster) -> dict[str, float]:
