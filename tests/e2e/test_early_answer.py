@@ -8,10 +8,9 @@ import asyncio
 import pytest
 
 from parley.cli.client import ParleyClient
-from parley.cli.wavio import silence
 from tests.e2e.harness import start_scripted_stack
 from tests.support.openai_chat_stub import OpenAIChatStub
-from tests.support.speech import synthesize_speech
+from tests.support.speech import silence, synthesize_speech
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,7 @@ import re
 import pytest
 
 from parley.cli.client import ParleyClient
-from parley.cli.wavio import silence
-from tests.support.speech import synthesize_speech
+from tests.support.speech import silence, synthesize_speech
 
 pytestmark = pytest.mark.slow
 

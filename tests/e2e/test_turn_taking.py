@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from parley.cli.client import FRAME_MS, ParleyClient
-from parley.cli.wavio import silence
 from tests.e2e.harness import REPO, start_scripted_stack
-from tests.support.speech import synthesize_speech
+from tests.support.speech import silence, synthesize_speech
 
 pytestmark = pytest.mark.slow
 

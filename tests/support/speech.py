@@ -7,11 +7,11 @@ import wave
 from pathlib import Path
 
 # One synthesis shared with `parley say` and the benchmark, so tests hear
-# exactly what the CLI sends; one WAV writer too.
+# exactly what the CLI sends; one WAV writer and one silence too.
 from parley.cli.speech import synthesize_speech
-from parley.cli.wavio import write_wav
+from parley.cli.wavio import silence, write_wav
 
-__all__ = ["read_wav", "synthesize_speech", "with_silence", "write_wav"]
+__all__ = ["read_wav", "silence", "synthesize_speech", "with_silence", "write_wav"]
 
 
 def read_wav(path: str | Path) -> tuple[bytes, int]:
@@ -27,8 +27,4 @@ def read_wav(path: str | Path) -> tuple[bytes, int]:
 
 def with_silence(pcm: bytes, sample_rate: int, lead_ms: int, tail_ms: int) -> bytes:
     """Pad with digital silence (exact zeros) before and after."""
-
-    def zeros(ms: int) -> bytes:
-        return bytes(int(sample_rate * ms / 1000) * 2)
-
-    return zeros(lead_ms) + pcm + zeros(tail_ms)
+    return silence(lead_ms, sample_rate) + pcm + silence(tail_ms, sample_rate)
