@@ -21,6 +21,7 @@ from opentelemetry import context as otel_context
 from parley.config import NatsSettings
 from parley.logs import session_id_var
 from parley.metrics import BUS_LATENCY_SECONDS, ERRORS
+from parley.tasks import TaskSet
 from parley.tracing import extract_context, inject_headers
 
 log = logging.getLogger("parley.bus")
@@ -126,7 +127,6 @@ class Bus:
         msg_type: type[M],
         handler: Handler[M],
         queue: str = "",
-        with_msg: bool = False,
     ) -> Subscription:
         """Decode each message as msg_type and run handler in its trace context.
 
@@ -157,10 +157,7 @@ class Bus:
             session = split_session_subject(raw.subject)
             session_token = session_id_var.set(session[0]) if session else None
             try:
-                if with_msg:
-                    await handler(msg, raw)  # type: ignore[call-arg]
-                else:
-                    await handler(msg)
+                await handler(msg)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -173,6 +170,64 @@ class Bus:
 
         return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
 
+    async def serve(
+        self,
+        subject: str,
+        request_type: type[M],
+        handler: Callable[[M], Awaitable[Message]],
+        *,
+        bad_request: Callable[[str], Message],
+        queue: str = "",
+        tasks: TaskSet | None = None,
+    ) -> Subscription:
+        """The answering side of request/reply: each request decoded, handled
+        in the caller's trace context, and answered with what handler returns.
+        A request that cannot be decoded is still answered (bad_request's
+        reply, with the reason), so the caller learns why instead of waiting
+        for its timeout; so is one whose handler fails. With `tasks`, each
+        request runs as its own task: nats-py runs one subscription's
+        callbacks one after another, and a slow one must not hold up others."""
+
+        async def answer(raw: Msg) -> None:
+            request = request_type()
+            try:
+                request.ParseFromString(raw.data)
+            except (DecodeError, ValueError) as exc:
+                ERRORS.labels(self.service, "bad_bus_message").inc()
+                log.warning("malformed request on %s: %s", raw.subject, exc)
+                await self._answer(raw, bad_request(f"malformed request: {exc or 'cannot decode'}"))
+                return
+            token = otel_context.attach(extract_context(raw.headers))
+            session_token = session_id_var.set(getattr(request, "session_id", "") or "-")
+            try:
+                reply = await handler(request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                ERRORS.labels(self.service, "handler_failed").inc()
+                log.exception("request on %s failed", raw.subject)
+                reply = bad_request(f"{type(exc).__name__}: {exc}")
+            finally:
+                session_id_var.reset(session_token)
+                otel_context.detach(token)
+            await self._answer(raw, reply)
+
+        async def on_msg(raw: Msg) -> None:
+            if tasks is None:
+                await answer(raw)
+            else:
+                tasks.spawn(answer(raw))
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
+
+    async def _answer(self, raw: Msg, reply: Message) -> None:
+        if not raw.reply:
+            return  # published, not requested: nobody to answer
+        try:
+            await self.reply(raw, reply)
+        except Exception as exc:  # the connection is gone; the caller times out
+            log.warning("cannot answer on %s: %s", raw.subject, exc)
+
     async def reply(self, raw: Msg, msg: Message) -> None:
         if raw.reply:
             await self.nc.publish(raw.reply, msg.SerializeToString(), headers=inject_headers())
@@ -184,6 +239,24 @@ class Bus:
             await self.nc.drain()
         except Exception:  # already closing, or the server is gone
             await self.nc.close()
+
+
+class Subscriptions:
+    """A session's subscriptions, ended together."""
+
+    def __init__(self) -> None:
+        self._subs: list[Subscription] = []
+
+    def add(self, *subs: Subscription) -> None:
+        self._subs.extend(subs)
+
+    async def close(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may already be gone
+                pass
 
 
 def _decode(msg_type: type[M], raw: Msg) -> M:

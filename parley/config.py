@@ -227,6 +227,21 @@ class EchoKitSettings(Section):
     auth_token: str | None = None
 
 
+class SessionDefaults(Section):
+    """Per-session settings' defaults where no stage section holds them
+    (parley/session_settings.py); a client may change each for its session."""
+
+    barge_in: bool = True
+    min_interrupt_ms: int = Field(0, ge=0, le=5000)
+    voice: str = ""
+    vad_stats: bool = False
+    # Prepare the answer at a short pause, before the turn is known to be over.
+    early_answer: bool = True
+    turn_detection: bool = True
+    backchannels: list[str] = []
+    turn_detector: Literal["silence", "transcript"] = "silence"
+
+
 class GatewaySettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -244,6 +259,11 @@ class GatewaySettings(Section):
     # Audio sent ahead of real time, so a device's jitter buffer never starves.
     playback_lead_ms: int = Field(300, ge=0, le=5000)
     drain_timeout_s: float = Field(10.0, ge=0)
+    # A connection that drops keeps its session this long for a reconnect
+    # (Parley WebSocket session_resume, gRPC resume); 0 ends it at once.
+    # Long enough for a phone changing networks, short enough that a device
+    # gone for good does not hold stage capacity.
+    resume_grace_s: float = Field(30.0, ge=0, le=3600)
     auth_token: str | None = None
     # Plain HTTP beside the WebSocket port, for what needs POST (Xiaozhi OTA);
     # 0 picks a free port.
@@ -266,6 +286,7 @@ class ParleySettings(BaseSettings):
     log: LogSettings = LogSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     gateway: GatewaySettings = GatewaySettings()
+    session: SessionDefaults = SessionDefaults()
     vad: VadSettings = VadSettings()
     asr: AsrSettings = AsrSettings()
     llm: LlmSettings = LlmSettings()
@@ -327,6 +348,8 @@ def load_settings(
         path = Path(DEFAULT_CONFIG_FILE)
         if not path.is_file():
             path = None  # type: ignore[assignment]
+    # The file is a source only for this construction: a ParleySettings built
+    # later (a test's, say) must not read whatever file was loaded last.
     _config_path = path
     try:
         return ParleySettings(**overrides)
@@ -334,6 +357,8 @@ def load_settings(
         raise ConfigError(_format_errors(exc)) from None
     except Exception as exc:  # a TOML syntax error names its line
         raise ConfigError(f"cannot read config {path}: {exc}") from None
+    finally:
+        _config_path = None
 
 
 def load_settings_or_exit(config_file: str | None = None) -> ParleySettings:

@@ -8,11 +8,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from parley.bus import Bus, heartbeat_subject, place_subject, release_subject
-from parley.logs import session_id_var
 from parley.metrics import ACTIVE_SESSIONS
 from parley.session import StageSession
 from parley.v1 import common_pb2, placement_pb2
@@ -46,32 +44,29 @@ class PlacementServer:
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._sub = await self.bus.subscribe(
+        self._sub = await self.bus.serve(
             place_subject(self.stage),
             placement_pb2.PlaceRequest,
-            self._on_place,  # type: ignore[arg-type]
+            self._on_place,
+            bad_request=lambda why: placement_pb2.PlaceReply(ok=False, error=why),
             queue=self.stage,
-            with_msg=True,
         )
         self._heartbeat_task = asyncio.create_task(self._heartbeats())
 
-    async def _on_place(self, req: placement_pb2.PlaceRequest, raw: Msg) -> None:
+    async def _on_place(self, req: placement_pb2.PlaceRequest) -> placement_pb2.PlaceReply:
         if self.draining:
-            await self.bus.reply(raw, placement_pb2.PlaceReply(ok=False, error="draining"))
-            return
-        session_id_var.set(req.session_id)
+            return placement_pb2.PlaceReply(ok=False, error="draining")
         if req.session_id not in self.sessions:
             session = self.factory(req.session_id, req.settings, self._forget)
             try:
                 await session.start()
             except Exception as exc:
                 log.exception("cannot open session")
-                await self.bus.reply(raw, placement_pb2.PlaceReply(ok=False, error=str(exc)))
-                return
+                return placement_pb2.PlaceReply(ok=False, error=str(exc))
             self.sessions[req.session_id] = session
             ACTIVE_SESSIONS.labels(self.stage).set(len(self.sessions))
             log.info("%s session placed on %s", self.stage, self.instance_id)
-        await self.bus.reply(raw, placement_pb2.PlaceReply(ok=True, instance_id=self.instance_id))
+        return placement_pb2.PlaceReply(ok=True, instance_id=self.instance_id)
 
     async def _forget(self, session_id: str) -> None:
         self.sessions.pop(session_id, None)

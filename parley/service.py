@@ -10,7 +10,7 @@ import signal
 import uuid
 from abc import ABC
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from parley.bus import Bus, now_ms, session_subject, split_session_subject
 from parley.config import ParleySettings, StageSettings, load_settings_or_exit
@@ -87,58 +87,102 @@ def parse_args(name: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-async def run_stage(stage_cls: type[Stage], *, placed: bool = True) -> None:
-    args = parse_args(stage_cls.name)
+class Service(Protocol):
+    """A process's own part, between the shared start-up and shutdown."""
+
+    async def start(self) -> str:
+        """Start serving; returns what the ready line should say."""
+        ...
+
+    async def drain(self) -> None:
+        """SIGTERM: finish what is under way, hand over, stop taking work."""
+        ...
+
+
+async def run_service(
+    name: str,
+    metrics_port: Callable[[ParleySettings], int],
+    make: Callable[[ParleySettings, Bus], Service],
+) -> None:
+    """Every Parley process: configuration (validated, or exit with the bad
+    key), logs, tracing, metrics, the bus, then `make`'s service until
+    SIGTERM or SIGINT, which drains it before the bus closes."""
+    args = parse_args(name)
     settings = load_settings_or_exit(args.config)
-    name = stage_cls.name
-    stage_settings: StageSettings = getattr(settings, name)
     setup_logging(name, settings.log.level, settings.log.format)
     tracer_provider = setup_tracing(name, settings.telemetry)
-    instance_id = f"{name}-{uuid.uuid4().hex[:8]}"
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-    metrics_port = start_metrics_server(stage_settings.metrics_port)
-    health = HealthServer(name)
-    health_port = await health.start(stage_settings.health_port)
+    port = start_metrics_server(metrics_port(settings))
     bus = await Bus.connect(settings.nats, name)
     bus.on_decode_error = _report_decode_error(bus, name)
-    stage = stage_cls(settings, bus)
-    await stage.load()
-    await stage.start()
-    placement: PlacementServer | None = None
-    if placed:
-        placement = PlacementServer(
-            bus,
-            name,
-            instance_id,
-            stage.open_session,
-            stage_settings.heartbeat_interval_s,
-            stage_settings.session_idle_timeout_s,
-        )
-        await placement.start()
-    await health.set_serving(True)
-    log.info(
-        "%s ready: instance=%s metrics=:%d health=:%d", name, instance_id, metrics_port, health_port
-    )
-
+    service = make(settings, bus)
+    ready = await service.start()
+    log.info("%s ready: %s metrics=:%d", name, ready, port)
     await stop.wait()
     log.info("%s draining", name)
-    await health.set_serving(False)
-    if placement is not None:
-        await placement.drain(stage_settings.drain_timeout_s)
-    await stage.close()
+    await service.drain()
     await bus.close()
-    await health.stop()
     tracer_provider.shutdown()
     log.info("%s stopped", name)
 
 
+class StageService:
+    """A stage's process: its models, the gRPC health service, placement."""
+
+    def __init__(
+        self, stage_cls: type[Stage], settings: ParleySettings, bus: Bus, placed: bool
+    ) -> None:
+        self.stage = stage_cls(settings, bus)
+        self.settings: StageSettings = getattr(settings, stage_cls.name)
+        self.bus = bus
+        self.placed = placed
+        self.instance_id = f"{stage_cls.name}-{uuid.uuid4().hex[:8]}"
+        self.health = HealthServer(stage_cls.name)
+        self.placement: PlacementServer | None = None
+
+    async def start(self) -> str:
+        health_port = await self.health.start(self.settings.health_port)
+        await self.stage.load()
+        await self.stage.start()
+        if self.placed:
+            self.placement = PlacementServer(
+                self.bus,
+                self.stage.name,
+                self.instance_id,
+                self.stage.open_session,
+                self.settings.heartbeat_interval_s,
+                self.settings.session_idle_timeout_s,
+            )
+            await self.placement.start()
+        await self.health.set_serving(True)
+        return f"instance={self.instance_id} health=:{health_port}"
+
+    async def drain(self) -> None:
+        await self.health.set_serving(False)
+        if self.placement is not None:
+            await self.placement.drain(self.settings.drain_timeout_s)
+        await self.stage.close()
+        await self.health.stop()
+
+
 def main(stage_cls: type[Stage], *, placed: bool = True) -> None:
+    def make(settings: ParleySettings, bus: Bus) -> Service:
+        return StageService(stage_cls, settings, bus, placed)
+
+    run(stage_cls.name, lambda settings: getattr(settings, stage_cls.name).metrics_port, make)
+
+
+def run(
+    name: str,
+    metrics_port: Callable[[ParleySettings], int],
+    make: Callable[[ParleySettings, Bus], Service],
+) -> None:
+    """The entry point of a service's __main__."""
+
     try:
-        asyncio.run(run_stage(stage_cls, placed=placed))
+        asyncio.run(run_service(name, metrics_port, make))
     except KeyboardInterrupt:
         pass

@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from nats.aio.subscription import Subscription
 
-from parley.bus import Bus, now_ms, session_subject
+from parley.bus import Bus, Subscriptions, now_ms, session_subject
+from parley.config import ParleySettings
 from parley.metrics import ERRORS
+from parley.session_settings import SessionSettings, resolve
 from parley.v1 import common_pb2, control_pb2, events_pb2
 
 log = logging.getLogger("parley.session")
@@ -24,11 +25,31 @@ M = TypeVar("M", bound=Message)
 def merge_settings(base: common_pb2.Settings, update: common_pb2.Settings) -> None:
     """Copy the fields set in update onto base (proto3 optional presence)."""
     for field, value in update.ListFields():
-        setattr(base, field.name, value)
+        if field.message_type is not None:  # a message field is replaced whole
+            getattr(base, field.name).CopyFrom(value)
+        else:
+            setattr(base, field.name, value)
 
 
-def setting(settings: common_pb2.Settings, name: str, default: Any) -> Any:
-    return getattr(settings, name) if settings.HasField(name) else default
+class MetaStamper:
+    """Fills the Meta every session message carries: per-stream sequence
+    numbers (strictly increasing per publisher), the session, the time."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self._seq: dict[str, int] = defaultdict(int)
+
+    def stamp(
+        self, meta: common_pb2.Meta, stream: str, turn_id: int = 0, response_id: str = ""
+    ) -> None:
+        self._seq[stream] += 1
+        meta.session_id = self.session_id
+        meta.seq = self._seq[stream]
+        meta.ts_ms = now_ms()
+        if turn_id:
+            meta.turn_id = turn_id
+        if response_id:
+            meta.response_id = response_id
 
 
 class StageSession:
@@ -43,16 +64,26 @@ class StageSession:
         bus: Bus,
         settings: common_pb2.Settings,
         on_closed: Callable[[str], Awaitable[None]] | None = None,
+        defaults: ParleySettings | None = None,
     ) -> None:
         self.session_id = session_id
+        self.defaults = defaults or ParleySettings.model_construct()
+        self._in_force: SessionSettings | None = None
         self.bus = bus
         self.settings = common_pb2.Settings()
         self.settings.CopyFrom(settings)
-        self._subs: list[Subscription] = []
-        self._seq: dict[str, int] = defaultdict(int)
+        self._subs = Subscriptions()
+        self._stamper = MetaStamper(session_id)
         self._on_closed = on_closed
         self.closed = False
         self.last_activity = time.monotonic()
+
+    @property
+    def in_force(self) -> SessionSettings:
+        """The session's settings, its own where set, else the defaults."""
+        if self._in_force is None:
+            self._in_force = resolve(self.settings, self.defaults)
+        return self._in_force
 
     # --- bus plumbing -----------------------------------------------------
     async def subscribe(
@@ -63,20 +94,14 @@ class StageSession:
             if not self.closed:
                 await handler(msg)
 
-        sub = await self.bus.subscribe(session_subject(self.session_id, stream), msg_type, touched)
-        self._subs.append(sub)
+        self._subs.add(
+            await self.bus.subscribe(session_subject(self.session_id, stream), msg_type, touched)
+        )
 
     def fill_meta(
         self, meta: common_pb2.Meta, stream: str, turn_id: int = 0, response_id: str = ""
     ) -> None:
-        self._seq[stream] += 1
-        meta.session_id = self.session_id
-        meta.seq = self._seq[stream]
-        meta.ts_ms = now_ms()
-        if turn_id:
-            meta.turn_id = turn_id
-        if response_id:
-            meta.response_id = response_id
+        self._stamper.stamp(meta, stream, turn_id, response_id)
 
     async def publish(self, stream: str, msg: Any, turn_id: int = 0, response_id: str = "") -> None:
         self.fill_meta(msg.meta, stream, turn_id, response_id)
@@ -116,6 +141,7 @@ class StageSession:
             await self.close(msg.end.reason or "session ended")
         elif kind == "settings":
             merge_settings(self.settings, msg.settings.settings)
+            self._in_force = None
             await self.on_settings()
         elif kind == "interrupt":
             await self.on_interrupt(msg.interrupt, msg.meta)
@@ -169,12 +195,7 @@ class StageSession:
             return
         self.closed = True
         log.info("%s session closed: %s", self.stage, reason)
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may already be gone
-                pass
-        self._subs.clear()
+        await self._subs.close()
         try:
             await self.on_close()
         finally:

