@@ -29,8 +29,8 @@ from parley.cli.client import (
     describe_error,
     open_session,
 )
-from parley.cli.speech import synthesize_speech
-from parley.cli.wavio import last_voiced_ms, silence
+from parley.speech import synthesize_speech
+from parley.wavio import last_voiced_ms, silence
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -22,7 +22,7 @@ from parley.cli.client import (
     describe_error,
     open_session,
 )
-from parley.cli.wavio import WavError, read_wav, write_wav
+from parley.wavio import WavError, read_wav, write_wav
 
 TRAILING_SILENCE_MS = 1500
 HOP_LABELS = [

@@ -1,12 +1,12 @@
-"""The gateway process: WebSocket server, HTTP health endpoints, placement."""
+"""The gateway process: the WebSocket server (one port, an endpoint per
+protocol by URL path, the browser page), the Xiaozhi OTA's HTTP port, the
+gRPC API, and the session registry they share."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import http
 import logging
-import signal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,21 +14,18 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from parley.bus import Bus
-from parley.config import ParleySettings, load_settings_or_exit
-from parley.logs import setup_logging
-from parley.metrics import start_metrics_server
-from parley.tracing import setup_tracing
-from parley.v1 import common_pb2
-from services.gateway import web_page
-from services.gateway.echokit import EchoKitEndpoint
-from services.gateway.endpoints import WsEndpoint
-from services.gateway.grpc_api import start_grpc_server, stop_grpc_server
-from services.gateway.parley_ws import ParleyEndpoint
-from services.gateway.placement import PlacementClient, PlacementError
-from services.gateway.realtime import RealtimeEndpoint
-from services.gateway.session import ClientSink, GatewaySession
-from services.gateway.xiaozhi import XiaozhiEndpoint
-from services.gateway.xiaozhi_ota import start_http_server
+from parley.config import ParleySettings
+from parley.service import Service, run
+from services.gateway.core.placement import PlacementClient
+from services.gateway.core.registry import SessionRegistry
+from services.gateway.protocols.browser import page as web_page
+from services.gateway.protocols.echokit.endpoint import EchoKitEndpoint
+from services.gateway.protocols.endpoint import WsEndpoint
+from services.gateway.protocols.grpc.api import start_grpc_server, stop_grpc_server
+from services.gateway.protocols.parley_ws.endpoint import ParleyEndpoint
+from services.gateway.protocols.realtime.endpoint import RealtimeEndpoint
+from services.gateway.protocols.xiaozhi.endpoint import XiaozhiEndpoint
+from services.gateway.protocols.xiaozhi.ota import start_http_server
 
 log = logging.getLogger("parley.gateway")
 
@@ -51,7 +48,7 @@ class Gateway:
         self.placement = PlacementClient(
             bus, g.placement_timeout_s, g.heartbeat_interval_s, g.heartbeat_misses
         )
-        self.sessions: set[GatewaySession] = set()
+        self.sessions = SessionRegistry(bus, self.placement, settings)
         self.draining = False
         self.server: Server | None = None
         self.endpoints = endpoints(settings)
@@ -59,8 +56,9 @@ class Gateway:
         self.grpc_port = 0
         self.http_runner: Any = None
         self.http_port = 0
+        self.port = 0
 
-    async def start(self) -> int:
+    async def start(self) -> str:
         await self.placement.start()
         g = self.settings.gateway
         self.server = await serve(
@@ -70,10 +68,13 @@ class Gateway:
             max_size=g.max_message_bytes,
             process_request=self.process_request,
         )
-        port = int(self.server.sockets[0].getsockname()[1])
+        self.port = int(self.server.sockets[0].getsockname()[1])
         self.grpc_server, self.grpc_port = await start_grpc_server(self, g.host, g.grpc_port)
-        self.http_runner, self.http_port = await start_http_server(self.settings, port)
-        return port
+        self.http_runner, self.http_port = await start_http_server(self.settings, self.port)
+        return (
+            f"ws://{g.host}:{self.port}/v1/ws http=:{self.http_port} (xiaozhi OTA) "
+            f"grpc=:{self.grpc_port}"
+        )
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -107,30 +108,13 @@ class Gateway:
         except Exception:
             log.exception("%s connection failed", endpoint.name)
 
-    async def open_session(
-        self, sink: ClientSink, protocol: str, settings: common_pb2.Settings | None = None
-    ) -> tuple[GatewaySession, list[PlacementError]]:
-        """A placed session, registered for draining; close it with close_session."""
-        session = GatewaySession(self.bus, self.placement, self.settings, sink, protocol)
-        self.sessions.add(session)
-        try:
-            failures = await session.open(settings)
-        except BaseException:
-            await self.close_session(session)
-            raise
-        return session, failures
-
-    async def close_session(self, session: GatewaySession, reason: str = "client closed") -> None:
-        try:
-            await session.close(reason)
-        finally:
-            self.sessions.discard(session)
-
     async def drain(self) -> None:
         self.draining = True
+        await self.sessions.close_detached()
         deadline = asyncio.get_running_loop().time() + self.settings.gateway.drain_timeout_s
-        while self.sessions and asyncio.get_running_loop().time() < deadline:
+        while len(self.sessions) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.2)
+            await self.sessions.close_detached()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -141,40 +125,8 @@ class Gateway:
         await self.placement.stop()
 
 
-async def run() -> None:
-    parser = argparse.ArgumentParser(prog="parley-gateway")
-    parser.add_argument("--config", help="TOML configuration file (default parley.toml)")
-    args = parser.parse_args()
-    settings = load_settings_or_exit(args.config)
-    setup_logging("gateway", settings.log.level, settings.log.format)
-    tracer_provider = setup_tracing("gateway", settings.telemetry)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    metrics_port = start_metrics_server(settings.gateway.metrics_port)
-    bus = await Bus.connect(settings.nats, "gateway")
-    gateway = Gateway(settings, bus)
-    port = await gateway.start()
-    host = settings.gateway.host
-    log.info(
-        "gateway ready: ws://%s:%d/v1/ws http=:%d (xiaozhi OTA) grpc=:%d metrics=:%d",
-        host,
-        port,
-        gateway.http_port,
-        gateway.grpc_port,
-        metrics_port,
-    )
-    await stop.wait()
-    log.info("gateway draining")
-    await gateway.drain()
-    await bus.close()
-    tracer_provider.shutdown()
-    log.info("gateway stopped")
-
-
 def main() -> None:
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
+    def make(settings: ParleySettings, bus: Bus) -> Service:
+        return Gateway(settings, bus)
+
+    run("gateway", lambda settings: settings.gateway.metrics_port, make)

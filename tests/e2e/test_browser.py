@@ -19,7 +19,7 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_pla
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from services.gateway import web_page
+from services.gateway.protocols.browser import page as web_page
 from tests.e2e.harness import REPO, Stack, start_stack
 from tests.support.speech import synthesize_speech, with_silence, write_wav
 
@@ -113,7 +113,7 @@ async def test_other_paths_are_left_to_the_gateway(page_server: int) -> None:
 
 def test_page_files_ship_as_package_data() -> None:
     text = (REPO / "pyproject.toml").read_text()
-    assert re.search(r'"services\.gateway"\s*=\s*\[[^\]]*static/\*\.js', text)
+    assert re.search(r'"services\.gateway\.protocols\.browser"\s*=\s*\[[^\]]*static/\*\.js', text)
     names = {p.name for p in web_page.STATIC_DIR.iterdir()}
     assert {"index.html", "app.js", "mic-worklet.js", "style.css"} <= names
 

@@ -25,10 +25,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from parley.config import EchoKitSettings
-from services.gateway import echokit_wire as wire
-from services.gateway.echokit_hello import load_hello
-from services.gateway.opus_codec import DECODED_RATE, OpusDecoder
-from services.gateway.session import ClientError
+from services.gateway.core.errors import ClientError
+from services.gateway.protocols.echokit import wire
+from services.gateway.protocols.echokit.hello import load_hello
+from services.gateway.protocols.opus_codec import DECODED_RATE, OpusDecoder
 from tests.e2e.harness import REPO, Stack, start_stack
 from tests.support.speech import synthesize_speech, with_silence
 

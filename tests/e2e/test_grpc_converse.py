@@ -1,6 +1,7 @@
 """The gRPC Converse API end to end: a grpc.aio client streams real speech at
 real-time pace like a telephony bridge and gets the typed events and the
-spoken answer back; health, bad input, cancellation and draining."""
+spoken answer back; health, bad input, cancellation, resumption after a
+dropped stream, and draining."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from parley.bus import Bus
 from parley.config import ParleySettings
 from parley.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.service import Gateway
-from tests.e2e.harness import REPO, Stack
+from tests.e2e.harness import REPO, Stack, start_scripted_stack
+from tests.support.openai_chat_stub import OpenAIChatStub, count_user_messages
 from tests.support.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow
@@ -419,7 +421,9 @@ def gateway_tasks(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
 
 
 async def test_cancel_mid_answer_closes_the_session_without_leaks(stack: Stack) -> None:
-    async with local_gateway(stack, auth_token="s3cret") as gw:
+    # A cancelled stream's session waits resume_grace_s for a resume, then
+    # closes: a short grace puts that expiry inside the leak check too.
+    async with local_gateway(stack, auth_token="s3cret", resume_grace_s=1.0) as gw:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.grpc_port}") as ch:
             err = await refused(ch, Request(start=Request.Start()))
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -440,7 +444,11 @@ async def test_cancel_mid_answer_closes_the_session_without_leaks(stack: Stack) 
                 Request(text_input=Request.TextInput(text="Tell me a long story about a dragon."))
             )
             await conv.wait_for("audio", timeout=90)  # mid-answer
+            (session,) = gw.sessions
             conv.call.cancel()
+            async with asyncio.timeout(5):
+                while not gw.sessions.detached(session):
+                    await asyncio.sleep(0.02)
             async with asyncio.timeout(10):
                 while gw.sessions:
                     await asyncio.sleep(0.05)
@@ -468,3 +476,92 @@ async def test_draining_reports_not_serving_and_refuses_new_streams(stack: Stack
             await conv.close()
             assert conv.status == grpc.StatusCode.OK
             await asyncio.wait_for(drain, 10)
+
+
+async def test_the_transcript_detector_ends_the_turn_as_transcript(
+    channel: grpc.aio.Channel,
+) -> None:
+    # The slowest silence: the detector ends a complete question long before.
+    settings = common_pb2.Settings(
+        silence_ms=3000, turn_detector=common_pb2.TURN_DETECTOR_TRANSCRIPT
+    )
+    conv = await Converse.open(channel, Request.Start(settings=settings, input_sample_rate=16000))
+    try:
+        started, _ = await conv.wait_for("session_started", timeout=30)
+        assert started.settings.turn_detector == common_pb2.TURN_DETECTOR_TRANSCRIPT
+        conv.start_line()
+        speech = await asyncio.to_thread(synthesize_speech, "What is the capital of France?")
+        await conv.say(speech)
+        ended, _ = await conv.wait_for("user_speech_end", timeout=30)
+        assert ended.reason == Response.UserSpeechEnd.REASON_TRANSCRIPT, ended
+        assert ended.end_ms > ended.start_ms > 0
+    finally:
+        await conv.close()
+
+
+# --- resumption, with a model that shows what history it was given ----------
+@pytest.fixture(scope="module")
+async def counting_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[Stack, OpenAIChatStub]]:
+    """A stack whose model answers with the number of user messages in the
+    history it was sent."""
+    stub = OpenAIChatStub(answer=count_user_messages)
+    async with start_scripted_stack(tmp_path_factory.mktemp("grpc-history"), stub=stub) as started:
+        yield started
+
+
+async def typed(conv: Converse, text: str) -> str:
+    """Ask in text; the answer once it has been heard (and so is in the history)."""
+    mark = len(conv.events)
+    await conv.send(Request(text_input=Request.TextInput(text=text)))
+    started, _ = await conv.wait_for("response_start", mark, timeout=30)
+    rid = started.response_id
+    ended, _ = await conv.wait_for("response_end", mark, lambda m: m.response_id == rid, 30)
+    await conv.wait_for("tts_end", mark, lambda m: m.response_id == rid, timeout=60)
+    assert ended.status == Response.STATUS_COMPLETED, ended
+    return str(ended.text)
+
+
+async def test_a_dropped_stream_is_resumed_with_its_history(
+    counting_stack: tuple[Stack, OpenAIChatStub],
+) -> None:
+    stack, stub = counting_stack
+    async with local_gateway(stack) as gw:
+        address = f"127.0.0.1:{gw.grpc_port}"
+        first_line = grpc.aio.insecure_channel(address)
+        conv = await Converse.open(first_line)
+        started, _ = await conv.wait_for("session_started", timeout=30)
+        sid, token = started.session_id, started.resume_token
+        assert token and not started.resumed
+        assert await typed(conv, "What is the capital of France?") == "You have asked 1 questions."
+
+        # The connection drops mid-conversation, without `end`: the session waits.
+        await first_line.close()
+        session = gw.sessions.sessions[sid]
+        async with asyncio.timeout(10):
+            while not gw.sessions.detached(session):
+                await asyncio.sleep(0.05)
+
+        async with grpc.aio.insecure_channel(address) as second_line:
+            wrong = Request.Start(resume_session_id=sid, resume_token="not-the-token")
+            err = await refused(second_line, Request(start=wrong))
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            assert error_code(err) == "unknown_session"
+
+            start = Request.Start(resume_session_id=sid, resume_token=token)
+            again = await Converse.open(second_line, start)
+            try:
+                resumed, _ = await again.wait_for("session_started", timeout=30)
+                assert resumed.session_id == sid and resumed.resumed
+                assert resumed.resume_token == token
+                assert len(gw.sessions) == 1 and not gw.sessions.detached(session)
+                # The history is there: the model was sent both questions.
+                answer = await typed(again, "What did I just ask?")
+                assert answer == "You have asked 2 questions.", answer
+                users = [m["content"] for m in stub.bodies[-1]["messages"] if m["role"] == "user"]
+                assert users == ["What is the capital of France?", "What did I just ask?"]
+            finally:
+                await again.close()
+        assert again.status == grpc.StatusCode.OK
+        assert not gw.sessions  # `end` closed it

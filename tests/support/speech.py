@@ -8,8 +8,8 @@ from pathlib import Path
 
 # One synthesis shared with `parley say` and the benchmark, so tests hear
 # exactly what the CLI sends; one WAV writer and one silence too.
-from parley.cli.speech import synthesize_speech
-from parley.cli.wavio import silence, write_wav
+from parley.speech import synthesize_speech
+from parley.wavio import silence, write_wav
 
 __all__ = ["read_wav", "silence", "synthesize_speech", "with_silence", "write_wav"]
 

@@ -15,8 +15,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from services.gateway import xiaozhi_framing as framing
-from services.gateway.opus_codec import OpusDecoder, OpusEncoder
+from services.gateway.protocols.opus_codec import OpusDecoder, OpusEncoder
+from services.gateway.protocols.xiaozhi import framing
 
 # The board's tools, as its MCP server lists them (one per page).
 DEVICE_TOOLS = [

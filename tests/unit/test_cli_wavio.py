@@ -21,9 +21,9 @@ from parley.cli.bench import (
 )
 from parley.cli.client import stalled_at, turn_outcome
 from parley.cli.main import build_parser
-from parley.cli.speech import synthesize_speech
 from parley.cli.talk import _settings_message
-from parley.cli.wavio import WavError, last_voiced_ms, read_wav, silence, write_wav
+from parley.speech import synthesize_speech
+from parley.wavio import WavError, last_voiced_ms, read_wav, silence, write_wav
 
 
 def tone(seconds: float, rate: int, hz: float = 440.0, amplitude: int = 8000) -> np.ndarray:

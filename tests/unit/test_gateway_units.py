@@ -1,9 +1,10 @@
 import pytest
 
 from parley.text import heard_text
-from services.gateway.audio_check import check_pcm16
-from services.gateway.session import ClientError, settings_from_json
-from services.gateway.timeline import ArrivalClock
+from services.gateway.core.audio_check import check_pcm16
+from services.gateway.core.errors import ClientError
+from services.gateway.core.settings import settings_from_json
+from services.gateway.core.timeline import ArrivalClock
 
 
 def test_heard_text_whole_sentences_then_a_share() -> None:

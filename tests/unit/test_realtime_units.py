@@ -4,12 +4,14 @@ segmenter (no silence ends a turn, only commit)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from services.gateway.realtime_audio import ALAW, PCM16, ULAW, AudioCodec, parse_format
-from services.gateway.realtime_config import RealtimeConfig
-from services.gateway.realtime_events import RealtimeClientError
+from services.gateway.protocols.realtime.audio import ALAW, PCM16, ULAW, AudioCodec, parse_format
+from services.gateway.protocols.realtime.config import RealtimeConfig
+from services.gateway.protocols.realtime.events import RealtimeClientError
 from services.vad.segmenter import Paused, Segmenter, SegmenterConfig, Started, Stopped
 from services.vad.silero import WINDOW_MS, SileroModel
 from tests.support.speech import synthesize_speech, with_silence
@@ -92,6 +94,38 @@ def test_bad_session_updates_name_the_parameter(session: dict, param: str | None
     if param is not None:
         assert caught.value.param == param
     assert config.input_format is PCM16  # nothing applied
+
+
+@pytest.mark.parametrize(
+    ("session", "param"),
+    [
+        ({"turn_detection": {"threshold": math.nan}}, "session.turn_detection.threshold"),
+        (
+            {"audio": {"input": {"turn_detection": {"threshold": math.nan}}}},
+            "session.audio.input.turn_detection.threshold",
+        ),
+        ({"instructions": "x" * 8001}, "session.instructions"),
+        ({"voice": "v" * 201}, "session.voice"),
+        ({"audio": {"output": {"voice": "v" * 201}}}, "session.audio.output.voice"),
+        (
+            {"input_audio_transcription": {"language": "l" * 17}},
+            "session.input_audio_transcription.language",
+        ),
+        (
+            {"turn_detection": {"silence_duration_ms": math.inf}},
+            "session.turn_detection.silence_duration_ms",
+        ),
+    ],
+)
+def test_values_parley_refuses_name_the_realtime_field(session: dict, param: str) -> None:
+    """The settings a session.update asks of Parley pass the validation every
+    protocol's do (core/settings.py); a refusal names the Realtime field."""
+    config = RealtimeConfig()
+    with pytest.raises(RealtimeClientError) as caught:
+        config.updated(session)
+    assert caught.value.code == "invalid_value"
+    assert caught.value.param == param
+    assert config.parley_settings().voice == "alloy"  # nothing applied
 
 
 def test_g711_round_trip_keeps_the_signal() -> None:

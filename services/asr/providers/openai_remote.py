@@ -6,8 +6,8 @@ import time
 
 import httpx
 
-from parley.cli.wavio import wav_bytes
 from parley.httpclient import provider_errors
+from parley.wavio import wav_bytes
 from services.asr.providers.base import ProviderError, TranscriptionResult
 
 

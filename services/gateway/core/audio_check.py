@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.gateway.session import ClientError
+from services.gateway.core.errors import ClientError
 
 # Containers and encodings people send by mistake instead of raw PCM.
 _MAGIC = {

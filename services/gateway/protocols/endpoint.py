@@ -4,16 +4,30 @@ connect, and how a connection is served. Each protocol lives in its own module
 
 from __future__ import annotations
 
+import hmac
 import http
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-if TYPE_CHECKING:
-    from services.gateway.service import Gateway
+from parley.config import ParleySettings
+from services.gateway.core.registry import SessionRegistry
+
+
+class GatewayHost(Protocol):
+    """What a protocol adapter sees of the gateway process."""
+
+    @property
+    def settings(self) -> ParleySettings: ...
+
+    @property
+    def sessions(self) -> SessionRegistry: ...
+
+    @property
+    def draining(self) -> bool: ...
 
 
 class WsEndpoint(Protocol):
@@ -27,7 +41,7 @@ class WsEndpoint(Protocol):
         """None to accept the upgrade, or the HTTP refusal."""
         ...
 
-    async def serve(self, gateway: Gateway, ws: ServerConnection) -> None:
+    async def serve(self, gateway: GatewayHost, ws: ServerConnection) -> None:
         """Serve one connection until it closes; must not raise for bad input."""
         ...
 
@@ -41,6 +55,11 @@ def bearer_token(headers: Headers, query: str) -> str | None:
     return values[0] if values else None
 
 
+def token_matches(given: str | None, expected: str) -> bool:
+    """Constant-time, so the token cannot be guessed byte by byte from timings."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
 def refuse(connection: ServerConnection, status: http.HTTPStatus, text: str) -> Response:
     return connection.respond(status, text if text.endswith("\n") else text + "\n")
 
@@ -49,6 +68,7 @@ def check_token(
     connection: ServerConnection, request: Request, token: str | None, what: str = "token"
 ) -> Response | None:
     """A 401 unless the request carries `token`; with no token configured, None."""
-    if token and bearer_token(request.headers, urlsplit(request.path).query) != token:
+    given = bearer_token(request.headers, urlsplit(request.path).query)
+    if token and not token_matches(given, token):
         return refuse(connection, http.HTTPStatus.UNAUTHORIZED, f"missing or wrong {what}")
     return None

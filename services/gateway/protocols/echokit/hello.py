@@ -17,8 +17,8 @@ import tempfile
 import wave
 from pathlib import Path
 
-from parley.cli.wavio import read_wav, wav_bytes
 from parley.config import EchoKitSettings
+from parley.wavio import read_wav, wav_bytes
 
 log = logging.getLogger("parley.gateway.echokit")
 
@@ -53,7 +53,7 @@ def _synthesized(text: str) -> bytes:
     if cache.is_file():
         return cache.read_bytes()
     # Imported here: the gateway loads the Piper voice only when it must.
-    from parley.cli.speech import synthesize_speech
+    from parley.speech import synthesize_speech
 
     pcm = synthesize_speech(text, SAMPLE_RATE, steady=True)
     if not pcm:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import msgpack
 
-from services.gateway.session import ClientError
+from services.gateway.core.errors import ClientError
 
 HELLO_START = msgpack.packb("HelloStart")
 HELLO_END = msgpack.packb("HelloEnd")

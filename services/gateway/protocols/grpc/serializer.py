@@ -1,175 +1,158 @@
-"""Translation between the session's event dicts (the WebSocket protocol's
-events) and the typed messages of the gRPC Converse API (proto/parley/v1/gateway.proto)."""
+"""The gRPC Converse API (proto/parley/v1/gateway.proto, docs/grpc.md): the
+session's typed events as ConverseResponse messages, and the check on the
+rates a client sends."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from typing import Any
-
-from google.protobuf.json_format import MessageToDict
-
-from parley.v1 import common_pb2, gateway_pb2
-from services.gateway.session import check_sample_rate, settings_from_json
-
-log = logging.getLogger("parley.gateway.grpc")
+from parley.v1 import gateway_pb2
+from services.gateway.core import events as ev
+from services.gateway.core.settings import check_sample_rate
 
 Response = gateway_pb2.ConverseResponse
-
-_STATUS = {
-    "completed": Response.STATUS_COMPLETED,
-    "cancelled": Response.STATUS_CANCELLED,
-    "failed": Response.STATUS_FAILED,
+_STATUS: dict[ev.Status, Response.Status] = {
+    ev.Status.COMPLETED: Response.STATUS_COMPLETED,
+    ev.Status.CANCELLED: Response.STATUS_CANCELLED,
+    ev.Status.FAILED: Response.STATUS_FAILED,
 }
-_REASON = {
-    "silence": Response.UserSpeechEnd.REASON_SILENCE,
-    "max_utterance": Response.UserSpeechEnd.REASON_MAX_UTTERANCE,
-    "commit": Response.UserSpeechEnd.REASON_COMMIT,
+_REASON: dict[ev.EndReason, Response.UserSpeechEnd.Reason] = {
+    ev.EndReason.SILENCE: Response.UserSpeechEnd.REASON_SILENCE,
+    ev.EndReason.MAX_UTTERANCE: Response.UserSpeechEnd.REASON_MAX_UTTERANCE,
+    ev.EndReason.COMMIT: Response.UserSpeechEnd.REASON_COMMIT,
+    ev.EndReason.TRANSCRIPT: Response.UserSpeechEnd.REASON_TRANSCRIPT,
 }
-_SETTINGS_FIELDS = frozenset(f.name for f in common_pb2.Settings.DESCRIPTOR.fields)
-
-
-def checked_settings(settings: common_pb2.Settings) -> common_pb2.Settings:
-    """The client's settings, range-checked exactly as the WebSocket protocol
-    checks its JSON ones (ClientError bad_field names the key)."""
-    raw = MessageToDict(settings, preserving_proto_field_name=True)
-    return settings_from_json(raw)
 
 
 def check_rate(value: int, allowed: list[int], what: str) -> int | None:
-    """None for 0 (keep the default), else the rate if the gateway accepts it."""
+    """None for 0 (keep what is in force), else the rate if the gateway accepts it."""
     if value == 0:
         return None
     check_sample_rate(value, allowed, what)
     return value
 
 
-def _settings(values: dict[str, Any]) -> common_pb2.Settings:
-    out = common_pb2.Settings()
-    for key, value in values.items():
-        # settings_to_json may know a key before this build's proto does.
-        if key in _SETTINGS_FIELDS and value is not None:
-            setattr(out, key, value)
-    return out
-
-
-def _session_info(e: dict[str, Any]) -> gateway_pb2.ConverseResponse.SessionInfo:
+def _info(info: ev.SessionInfo, resumed: bool = False) -> Response.SessionInfo:
     return Response.SessionInfo(
-        session_id=e["session_id"],
-        input_sample_rate=e["input_sample_rate"],
-        output_sample_rate=e["output_sample_rate"],
-        settings=_settings(e.get("settings") or {}),
+        session_id=info.session_id,
+        input_sample_rate=info.input_sample_rate,
+        output_sample_rate=info.output_sample_rate,
+        settings=info.settings,
+        resume_token=info.resume_token,
+        resumed=resumed,
     )
 
 
-def _int(e: dict[str, Any], key: str) -> int:
-    return int(e.get(key) or 0)
+def to_audio(frame: ev.AudioOut) -> Response:
+    return Response(
+        audio=Response.Audio(
+            pcm=frame.pcm, response_id=frame.response_id, sample_rate=frame.sample_rate
+        )
+    )
 
 
-def _str(e: dict[str, Any], key: str) -> str:
-    return str(e.get(key) or "")
-
-
-_BUILDERS: dict[str, Callable[[dict[str, Any]], gateway_pb2.ConverseResponse]] = {
-    "session_started": lambda e: Response(session_started=_session_info(e)),
-    "settings_updated": lambda e: Response(settings_updated=_session_info(e)),
-    "user_speech_start": lambda e: Response(
-        user_speech_start=Response.UserSpeechStart(
-            turn_id=_int(e, "turn_id"), offset_ms=e.get("offset_ms", 0.0)
-        )
-    ),
-    "user_speech_end": lambda e: Response(
-        user_speech_end=Response.UserSpeechEnd(
-            turn_id=_int(e, "turn_id"),
-            start_ms=e.get("start_ms", 0.0),
-            end_ms=e.get("end_ms", 0.0),
-            reason=_REASON.get(_str(e, "reason"), Response.UserSpeechEnd.REASON_UNSPECIFIED),
-        )
-    ),
-    "transcription": lambda e: Response(
-        transcription=Response.Transcription(
-            turn_id=_int(e, "turn_id"), text=_str(e, "text"), final=bool(e.get("final"))
-        )
-    ),
-    "processing": lambda e: Response(
-        processing=Response.Processing(
-            stage=_str(e, "stage"), detail=_str(e, "detail"), turn_id=_int(e, "turn_id")
-        )
-    ),
-    "response_start": lambda e: Response(
-        response_start=Response.ResponseStart(
-            response_id=_str(e, "response_id"), turn_id=_int(e, "turn_id")
-        )
-    ),
-    "response_text": lambda e: Response(
-        response_text=Response.ResponseText(
-            response_id=_str(e, "response_id"), delta=_str(e, "delta")
-        )
-    ),
-    "response_sentence": lambda e: Response(
-        response_sentence=Response.ResponseSentence(
-            response_id=_str(e, "response_id"), index=_int(e, "index"), text=_str(e, "text")
-        )
-    ),
-    "response_end": lambda e: Response(
-        response_end=Response.ResponseEnd(
-            response_id=_str(e, "response_id"),
-            status=_STATUS.get(_str(e, "status"), Response.STATUS_UNSPECIFIED),
-            text=_str(e, "text"),
-        )
-    ),
-    "tts_start": lambda e: Response(
-        tts_start=Response.TtsStart(
-            response_id=_str(e, "response_id"), sample_rate=_int(e, "sample_rate")
-        )
-    ),
-    "tts_end": lambda e: Response(
-        tts_end=Response.TtsEnd(
-            response_id=_str(e, "response_id"),
-            status=_STATUS.get(_str(e, "status"), Response.STATUS_UNSPECIFIED),
-        )
-    ),
-    "playback_cleared": lambda e: Response(
-        playback_cleared=Response.PlaybackCleared(
-            response_id=_str(e, "response_id"), reason=_str(e, "reason")
-        )
-    ),
-    "turn_metrics": lambda e: Response(
-        turn_metrics=Response.TurnMetrics(
-            turn_id=_int(e, "turn_id"),
-            response_id=_str(e, "response_id"),
-            end_of_speech_ms=e.get("end_of_speech_ms", 0.0),
-            hops={k: float(v) for k, v in (e.get("hops") or {}).items()},
-        )
-    ),
-    "vad_stats": lambda e: Response(
-        vad_stats=Response.VadStats(
-            probability=e.get("probability", 0.0),
-            energy_db=e.get("energy_db", 0.0),
-            speaking=bool(e.get("speaking")),
-            offset_ms=e.get("offset_ms", 0.0),
-        )
-    ),
-    "error": lambda e: Response(
-        error=Response.Error(
-            stage=_str(e, "stage"),
-            code=_str(e, "code"),
-            message=_str(e, "message"),
-            recoverable=bool(e.get("recoverable", True)),
-            turn_id=_int(e, "turn_id"),
-            response_id=_str(e, "response_id"),
-        )
-    ),
-    "session_end": lambda e: Response(session_end=Response.SessionEnd(reason=_str(e, "reason"))),
-}
-
-
-def event_to_response(event: dict[str, Any]) -> gateway_pb2.ConverseResponse | None:
-    """The typed message for a session event; None for events gRPC has no use
-    for (pong answers a WebSocket ping, which gRPC keepalive replaces)."""
-    kind = event.get("type")
-    build = _BUILDERS.get(kind) if isinstance(kind, str) else None
-    if build is None:
-        log.debug("event %r has no gRPC form; dropped", kind)
-        return None
-    return build(event)
+def to_response(event: ev.SessionEvent) -> Response | None:
+    """The ConverseResponse for one event; None for an event gRPC clients get
+    no message for (today every event has one)."""
+    match event:
+        case ev.SessionStarted(info=info, resumed=resumed):
+            return Response(session_started=_info(info, resumed))
+        case ev.SettingsUpdated(info=info):
+            return Response(settings_updated=_info(info))
+        case ev.UserSpeechStarted():
+            return Response(
+                user_speech_start=Response.UserSpeechStart(
+                    turn_id=event.turn_id, offset_ms=event.offset_ms
+                )
+            )
+        case ev.UserSpeechEnded():
+            return Response(
+                user_speech_end=Response.UserSpeechEnd(
+                    turn_id=event.turn_id,
+                    start_ms=event.start_ms,
+                    end_ms=event.end_ms,
+                    reason=_REASON[event.reason],
+                )
+            )
+        case ev.Transcription():
+            return Response(
+                transcription=Response.Transcription(
+                    turn_id=event.turn_id, text=event.text, final=event.final
+                )
+            )
+        case ev.Processing():
+            return Response(
+                processing=Response.Processing(
+                    stage=event.stage, detail=event.detail, turn_id=event.turn_id
+                )
+            )
+        case ev.ResponseStarted():
+            return Response(
+                response_start=Response.ResponseStart(
+                    response_id=event.response_id, turn_id=event.turn_id
+                )
+            )
+        case ev.ResponseTextDelta():
+            return Response(
+                response_text=Response.ResponseText(
+                    response_id=event.response_id, delta=event.delta
+                )
+            )
+        case ev.ResponseSentence():
+            return Response(
+                response_sentence=Response.ResponseSentence(
+                    response_id=event.response_id, index=event.index, text=event.text
+                )
+            )
+        case ev.ResponseEnded():
+            return Response(
+                response_end=Response.ResponseEnd(
+                    response_id=event.response_id, status=_STATUS[event.status], text=event.text
+                )
+            )
+        case ev.TtsStarted():
+            return Response(
+                tts_start=Response.TtsStart(
+                    response_id=event.response_id, sample_rate=event.sample_rate
+                )
+            )
+        case ev.TtsEnded():
+            return Response(
+                tts_end=Response.TtsEnd(response_id=event.response_id, status=_STATUS[event.status])
+            )
+        case ev.PlaybackCleared():
+            return Response(
+                playback_cleared=Response.PlaybackCleared(
+                    response_id=event.response_id, reason=event.reason
+                )
+            )
+        case ev.TurnMetrics():
+            return Response(
+                turn_metrics=Response.TurnMetrics(
+                    turn_id=event.turn_id,
+                    response_id=event.response_id,
+                    end_of_speech_ms=event.end_of_speech_ms,
+                    hops=event.hops,
+                )
+            )
+        case ev.VadStats():
+            return Response(
+                vad_stats=Response.VadStats(
+                    probability=event.probability,
+                    energy_db=event.energy_db,
+                    speaking=event.speaking,
+                    offset_ms=event.offset_ms,
+                )
+            )
+        case ev.Error():
+            return Response(
+                error=Response.Error(
+                    stage=event.stage,
+                    code=event.code,
+                    message=event.message,
+                    recoverable=event.recoverable,
+                    turn_id=event.turn_id,
+                    response_id=event.response_id,
+                )
+            )
+        case ev.SessionEnded():
+            return Response(session_end=Response.SessionEnd(reason=event.reason))
+    raise TypeError(f"no gRPC form for {type(event).__name__}")

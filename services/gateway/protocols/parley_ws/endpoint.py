@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -12,29 +12,34 @@ from websockets.http11 import Request, Response
 
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
-from services.gateway.audio_check import check_pcm16
-from services.gateway.endpoints import check_token
-from services.gateway.session import ClientError, GatewaySession, settings_from_json
-
-if TYPE_CHECKING:
-    from services.gateway.service import Gateway
+from services.gateway.core import events as ev
+from services.gateway.core.audio_check import check_pcm16
+from services.gateway.core.errors import ClientError
+from services.gateway.core.session import GatewaySession
+from services.gateway.core.settings import settings_from_json
+from services.gateway.core.sink import ClientSink
+from services.gateway.protocols.endpoint import GatewayHost, check_token
+from services.gateway.protocols.parley_ws.serializer import to_json
 
 log = logging.getLogger("parley.gateway.ws")
 
 
-class WebSocketSink:
+class WebSocketSink(ClientSink):
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
 
-    async def send_event(self, event: dict[str, Any]) -> None:
+    async def send_json(self, message: dict[str, Any]) -> None:
         try:
-            await self.ws.send(json.dumps(event))
+            await self.ws.send(json.dumps(message))
         except ConnectionClosed:
             pass
 
-    async def send_audio(self, pcm: bytes) -> None:
+    async def send_event(self, event: ev.SessionEvent) -> None:
+        await self.send_json(to_json(event))
+
+    async def send_audio(self, frame: ev.AudioOut) -> None:
         try:
-            await self.ws.send(pcm)
+            await self.ws.send(frame.pcm)
         except ConnectionClosed:
             pass
 
@@ -59,16 +64,25 @@ class ParleyEndpoint:
     def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         return check_token(connection, request, self.token)
 
-    async def serve(self, gateway: Gateway, ws: ServerConnection) -> None:
+    async def serve(self, gateway: GatewayHost, ws: ServerConnection) -> None:
         sink = WebSocketSink(ws)
-        session, failures = await gateway.open_session(sink, "parley")
+        session, failures = await gateway.sessions.open(sink, "parley")
+        protocol = ParleyProtocol(gateway, ws, sink, session)
+        ended = False
         try:
-            await sink.send_event({"type": "session_started", **session.describe()})
+            await sink.send_event(ev.SessionStarted(session.info()))
             await session.report_placement(failures)
-            protocol = ParleyProtocol(ws, session, gateway.settings.gateway.max_frame_bytes)
-            await protocol.run()
+            ended = await protocol.run()
         finally:
-            await gateway.close_session(session)
+            session = protocol.session
+            if session.sink is not sink:
+                pass  # another connection has taken the session over
+            elif ended or session.closed:
+                await gateway.sessions.close(session)
+            else:
+                await gateway.sessions.detach(
+                    session, gateway.settings.gateway.resume_grace_s, gateway.draining
+                )
 
 
 def _int_field(msg: dict[str, Any], key: str) -> int | None:
@@ -83,41 +97,46 @@ def _int_field(msg: dict[str, Any], key: str) -> int | None:
 class ParleyProtocol:
     """Reads the client's frames and drives the session."""
 
-    def __init__(self, ws: ServerConnection, session: GatewaySession, max_frame_bytes: int):
+    def __init__(
+        self,
+        gateway: GatewayHost,
+        ws: ServerConnection,
+        sink: WebSocketSink,
+        session: GatewaySession,
+    ) -> None:
+        self.gateway = gateway
         self.ws = ws
+        self.sink = sink
         self.session = session
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes = gateway.settings.gateway.max_frame_bytes
 
     async def error(self, code: str, message: str) -> None:
         ERRORS.labels("gateway", code).inc()
         log.info("client error %s: %s", code, message)
-        await self.session.sink.send_event(
-            {
-                "type": "error",
-                "stage": "gateway",
-                "code": code,
-                "message": message,
-                "recoverable": True,
-            }
-        )
+        await self.sink.send_event(ev.Error("gateway", code, message, True))
 
-    async def run(self) -> None:
-        async for frame in self.ws:
-            try:
-                if isinstance(frame, bytes):
-                    check_pcm16(frame, self.max_frame_bytes)
-                    await self.session.push_audio(frame)
-                else:
-                    if not await self.on_text(frame):
-                        return
-            except ClientError as exc:
-                await self.error(exc.code, str(exc))
+    async def run(self) -> bool:
+        """Serve frames until the connection closes (False) or the client ends
+        the session (True)."""
+        try:
+            async for frame in self.ws:
+                try:
+                    if isinstance(frame, bytes):
+                        check_pcm16(frame, self.max_frame_bytes)
+                        await self.session.push_audio(frame)
+                    elif not await self.on_text(frame):
+                        return True
+                except ClientError as exc:
+                    await self.error(exc.code, str(exc))
+        except ConnectionClosed:
+            pass
+        return False
 
     async def on_text(self, text: str) -> bool:
         """Handle one JSON message; False ends the session."""
         try:
             msg = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ClientError("bad_json", f"text frame is not valid JSON: {exc}") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise ClientError("bad_json", "a JSON message must be an object with a string 'type'")
@@ -130,7 +149,7 @@ class ParleyProtocol:
                 _int_field(msg, "input_sample_rate"),
                 _int_field(msg, "output_sample_rate"),
             )
-            await session.sink.send_event({"type": "settings_updated", **session.describe()})
+            await self.sink.send_event(ev.SettingsUpdated(session.info()))
         elif kind == "text_input":
             text_value = msg.get("text")
             if not isinstance(text_value, str) or not text_value.strip():
@@ -146,17 +165,35 @@ class ParleyProtocol:
                 raise ClientError("bad_field", "playback_mark needs response_id and played_ms")
             await session.playback_mark(rid, float(played))
         elif kind == "ping":
-            await session.sink.send_event({"type": "pong"})
+            await self.sink.send_json({"type": "pong"})
         elif kind == "session_end":
             return False
-        elif kind in ("session_start", "session_resume"):
+        elif kind == "session_resume":
+            await self.resume(msg)
+        elif kind == "session_start":
             wanted = msg.get("session_id")
             if wanted and wanted != session.session_id:
                 raise ClientError(
                     "unknown_session",
-                    f"session {wanted!r} is not held by this gateway; "
-                    f"this connection is session {session.session_id}",
+                    f"session {wanted!r} is not this connection's; "
+                    f"this connection is session {session.session_id} "
+                    "(use session_resume with its resume_token to take one over)",
                 )
         else:
             raise ClientError("unknown_type", f"unknown message type: {kind!r}")
         return True
+
+    async def resume(self, msg: dict[str, Any]) -> None:
+        """Take over an earlier session of this client (a dropped connection,
+        within the grace period); the one opened for this connection ends."""
+        wanted, token = msg.get("session_id"), msg.get("resume_token", "")
+        if not isinstance(wanted, str) or not isinstance(token, str):
+            raise ClientError(
+                "bad_field", "session_resume needs a string session_id and resume_token"
+            )
+        if wanted == self.session.session_id:
+            return
+        resumed = await self.gateway.sessions.resume(wanted, token, self.sink)
+        fresh, self.session = self.session, resumed
+        await self.gateway.sessions.close(fresh, "resumed an earlier session")
+        await self.sink.send_event(ev.SessionStarted(resumed.info(), resumed=True))

@@ -13,7 +13,7 @@ from typing import Any
 import av
 import numpy as np
 
-from services.gateway.realtime_events import RealtimeClientError
+from services.gateway.protocols.realtime.events import RealtimeClientError
 
 PCM_RATE = 24000
 G711_RATE = 8000

@@ -1,22 +1,27 @@
 """The Realtime session configuration: parsing session.update (beta and GA
 shapes), mapping it onto Parley's session settings, and describing it back in
-the client's dialect for session.created / session.updated."""
+the client's dialect for session.created / session.updated.
+
+The Parley settings it asks for pass the same validation as every protocol's
+(core/settings.py); a value Parley refuses is a Realtime error naming the
+Realtime field it came from."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from parley.session_settings import bounds
 from parley.v1 import common_pb2, tools_pb2
-from services.gateway.realtime_audio import PCM16, AudioFormat, parse_format
-from services.gateway.realtime_events import RealtimeClientError
+from services.gateway.core.errors import ClientError
+from services.gateway.core.settings import settings_from_json
+from services.gateway.protocols.realtime.audio import PCM16, AudioFormat, parse_format
+from services.gateway.protocols.realtime.events import RealtimeClientError, Wire
 
-# Parley bounds (services/gateway/session.py _RANGES); Realtime values outside
-# them are clamped rather than refused, since they are legal Realtime values.
-_THRESHOLD = (0.01, 0.99)
-_SILENCE_MS = (200, 3000)
 # semantic_vad's eagerness has no model behind it here: it picks a silence.
 _EAGERNESS_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
 
@@ -55,8 +60,12 @@ _GA_KEYS = {
 }
 
 
-def _clamp(value: float, bounds: tuple[float, float]) -> float:
-    return min(max(value, bounds[0]), bounds[1])
+def _clamp(key: str, value: float) -> float:
+    """Within Parley's range for the setting: Realtime values outside it are
+    legal Realtime values, so they are clamped rather than refused. NaN stays
+    NaN, and the validation refuses it."""
+    lo, hi = bounds(key) or (-math.inf, math.inf)
+    return min(max(value, lo), hi)
 
 
 @dataclass
@@ -79,12 +88,15 @@ class RealtimeConfig:
     output_format: AudioFormat = PCM16
     text_only: bool = False
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
-    transcription: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] = field(default_factory=list)
+    transcription: Wire | None = None
+    tools: list[Wire] = field(default_factory=list)
     tool_choice: str = "auto"
     temperature: float | None = None
     max_output_tokens: int | str = "inf"
     speed: float | None = None
+    # Where the client set turn detection, voice and transcription (beta and
+    # GA name them differently), so an error names the field it sent.
+    params: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # --- session.update -------------------------------------------------------
     def updated(self, session: Any) -> RealtimeConfig:
@@ -98,6 +110,7 @@ class RealtimeConfig:
                     "unknown_parameter", f"Unknown parameter: 'session.{key}'.", f"session.{key}"
                 )
             new._apply(key, value)
+        new.parley_settings()  # Parley's own validation, before anything applies
         return new
 
     def _apply(self, key: str, value: Any) -> None:
@@ -121,14 +134,17 @@ class RealtimeConfig:
             self.instructions = _string(value, p)
         elif key == "voice":
             self.voice = _voice(value, p)
+            self.params["voice"] = p
         elif key == "input_audio_format":
             self.input_format = parse_format(value, p)
         elif key == "output_audio_format":
             self.output_format = parse_format(value, p)
         elif key == "input_audio_transcription":
             self.transcription = _transcription(value, p)
+            self.params["transcription"] = p
         elif key == "turn_detection":
             self.turn_detection = _turn_detection(value, p)
+            self.params["turn_detection"] = p
         elif key == "tools":
             self.tools = _tools(value, p)
         elif key == "tool_choice":
@@ -168,40 +184,63 @@ class RealtimeConfig:
             self.input_format = parse_format(inp["format"], f"{p}.format")
         if "transcription" in inp:
             self.transcription = _transcription(inp["transcription"], f"{p}.transcription")
+            self.params["transcription"] = f"{p}.transcription"
         if "turn_detection" in inp:
             self.turn_detection = _turn_detection(inp["turn_detection"], f"{p}.turn_detection")
+            self.params["turn_detection"] = f"{p}.turn_detection"
         p = "session.audio.output"
         if "format" in out:
             self.output_format = parse_format(out["format"], f"{p}.format")
         if "voice" in out:
             self.voice = _voice(out["voice"], f"{p}.voice")
+            self.params["voice"] = f"{p}.voice"
         if "speed" in out:
             self.speed = _number(out["speed"], f"{p}.speed")
 
     # --- onto Parley ----------------------------------------------------------
     def parley_settings(self) -> common_pb2.Settings:
-        s = common_pb2.Settings(voice=self.voice)
+        """The Parley session settings, validated; RealtimeClientError names
+        the Realtime field of a value Parley refuses."""
+        out = common_pb2.Settings()
+        for key, (value, param) in self._wanted_settings().items():
+            try:
+                out.MergeFrom(settings_from_json({key: value}))
+            except ClientError as exc:
+                raise RealtimeClientError(
+                    "invalid_value", f"Invalid value for '{param}': {exc}", param
+                ) from None
+        return out
+
+    def _wanted_settings(self) -> dict[str, tuple[object, str]]:
+        """Parley setting -> (value, the Realtime field it comes from)."""
+        td_param = self.params.get("turn_detection", "session.turn_detection")
+        wanted: dict[str, tuple[object, str]] = {
+            "voice": (self.voice, self.params.get("voice", "session.voice"))
+        }
         if self.instructions is not None:
-            s.system_prompt = self.instructions
+            wanted["system_prompt"] = (self.instructions, "session.instructions")
         td = self.turn_detection
         if td is None:
             # Push-to-talk: only commit ends a turn. Speech appended while the
             # agent talks is the user pressing the button: it interrupts.
-            s.turn_detection = False
-            s.barge_in = True
+            wanted["turn_detection"] = (False, td_param)
+            wanted["barge_in"] = (True, td_param)
         else:
-            s.turn_detection = True
-            s.barge_in = td.interrupt_response
+            wanted["turn_detection"] = (True, td_param)
+            wanted["barge_in"] = (td.interrupt_response, f"{td_param}.interrupt_response")
             if td.threshold is not None:
-                s.vad_threshold = _clamp(td.threshold, _THRESHOLD)
-            silence = td.silence_duration_ms
+                threshold = _clamp("vad_threshold", td.threshold)
+                wanted["vad_threshold"] = (threshold, f"{td_param}.threshold")
+            silence, param = td.silence_duration_ms, f"{td_param}.silence_duration_ms"
             if td.type == "semantic_vad":
                 silence = _EAGERNESS_SILENCE_MS.get(td.eagerness or "auto", 800)
+                param = f"{td_param}.eagerness"
             if silence is not None:
-                s.silence_ms = int(_clamp(silence, _SILENCE_MS))
+                wanted["silence_ms"] = (int(_clamp("silence_ms", silence)), param)
         if self.transcription and self.transcription.get("language"):
-            s.language = self.transcription["language"]
-        return s
+            where = self.params.get("transcription", "session.input_audio_transcription")
+            wanted["language"] = (self.transcription["language"], f"{where}.language")
+        return wanted
 
     def tool_protos(self) -> list[tools_pb2.Tool]:
         if self.tool_choice == "none":
@@ -216,7 +255,7 @@ class RealtimeConfig:
         ]
 
     # --- described back -------------------------------------------------------
-    def describe(self, session_id: str, beta: bool, effective: dict[str, Any]) -> dict[str, Any]:
+    def describe(self, session_id: str, beta: bool, effective: Mapping[str, Any]) -> Wire:
         """The session object; `effective` is Parley's settings in force."""
         td = self._describe_turn_detection(effective)
         instructions = self.instructions
@@ -267,11 +306,11 @@ class RealtimeConfig:
             "max_output_tokens": self.max_output_tokens,
         }
 
-    def _describe_turn_detection(self, effective: dict[str, Any]) -> dict[str, Any] | None:
+    def _describe_turn_detection(self, effective: Mapping[str, Any]) -> Wire | None:
         td = self.turn_detection
         if td is None:
             return None
-        out: dict[str, Any] = {
+        out: Wire = {
             "type": td.type,
             "create_response": True,
             "interrupt_response": td.interrupt_response,
@@ -306,12 +345,19 @@ def _voice(value: Any, param: str) -> str:
     return _string(value, param)
 
 
-def _transcription(value: Any, param: str) -> dict[str, Any] | None:
+def _ms(value: Any, param: str) -> int:
+    number = _number(value, param)
+    if not math.isfinite(number):
+        raise RealtimeClientError("invalid_value", f"{param} must be a finite number", param)
+    return int(number)
+
+
+def _transcription(value: Any, param: str) -> Wire | None:
     if value is None:
         return None
     if not isinstance(value, dict):
         raise RealtimeClientError("invalid_type", f"{param} must be an object or null", param)
-    out: dict[str, Any] = {"model": value.get("model") or "whisper-1"}
+    out: Wire = {"model": value.get("model") or "whisper-1"}
     for key in ("language", "prompt"):
         if key in value:
             out[key] = _string(value[key], f"{param}.{key}")
@@ -340,7 +386,7 @@ def _turn_detection(value: Any, param: str) -> TurnDetection | None:
         td.threshold = _number(value["threshold"], f"{param}.threshold")
     for key in ("prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"):
         if value.get(key) is not None:
-            setattr(td, key, int(_number(value[key], f"{param}.{key}")))
+            setattr(td, key, _ms(value[key], f"{param}.{key}"))
     if "interrupt_response" in value:
         if not isinstance(value["interrupt_response"], bool):
             raise RealtimeClientError(
@@ -354,7 +400,7 @@ def _turn_detection(value: Any, param: str) -> TurnDetection | None:
     return td
 
 
-def _tools(value: Any, param: str) -> list[dict[str, Any]]:
+def _tools(value: Any, param: str) -> list[Wire]:
     if not isinstance(value, list):
         raise RealtimeClientError("invalid_type", f"{param} must be a list", param)
     out = []
@@ -374,7 +420,7 @@ def _tools(value: Any, param: str) -> list[dict[str, Any]]:
             raise RealtimeClientError(
                 "invalid_type", f"{p}.parameters must be a JSON schema object", f"{p}.parameters"
             )
-        entry: dict[str, Any] = {"type": "function", "name": name}
+        entry: Wire = {"type": "function", "name": name}
         if isinstance(tool.get("description"), str):
             entry["description"] = tool["description"]
         entry["parameters"] = params or {"type": "object", "properties": {}}

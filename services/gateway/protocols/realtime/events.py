@@ -1,12 +1,19 @@
 """Realtime server event shapes: ids, the names that differ between the beta
-(`OpenAI-Beta: realtime=v1`) and GA dialects, items, responses and errors."""
+(`OpenAI-Beta: realtime=v1`) and GA dialects, items, responses and errors.
+
+Events and items are built here as the wire JSON the client gets; nothing
+outside this protocol's folder sees them."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from services.gateway.session import ClientError
+from services.gateway.core.errors import ClientError
+
+# A Realtime server event, or a conversation item, in its wire form. Items are
+# kept in this form: conversation.item.retrieve returns them as held.
+Wire = dict[str, Any]
 
 
 class RealtimeClientError(ClientError):
@@ -55,15 +62,15 @@ class Dialect:
     def name(self, key: str) -> str:
         return self._names[key]
 
-    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+    def event(self, kind: str, **fields: Any) -> Wire:
         return {"type": kind, "event_id": new_id("event"), **fields}
 
-    def item_added(self, item: dict[str, Any], previous_item_id: str | None) -> dict[str, Any]:
+    def item_added(self, item: Wire, previous_item_id: str | None) -> Wire:
         """conversation.item.created (beta) or conversation.item.added (GA)."""
         kind = "conversation.item.created" if self.beta else "conversation.item.added"
         return self.event(kind, previous_item_id=previous_item_id, item=item)
 
-    def assistant_content(self, text_only: bool) -> dict[str, Any]:
+    def assistant_content(self, text_only: bool) -> Wire:
         if text_only:
             return {"type": "text" if self.beta else "output_text", "text": ""}
         return {"type": "audio" if self.beta else "output_audio", "transcript": ""}
@@ -75,7 +82,7 @@ class Dialect:
         param: str | None = None,
         event_id: str | None = None,
         kind: str = "invalid_request_error",
-    ) -> dict[str, Any]:
+    ) -> Wire:
         return self.event(
             "error",
             error={
@@ -88,7 +95,7 @@ class Dialect:
         )
 
 
-def user_item(item_id: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+def user_item(item_id: str, content: list[Wire]) -> Wire:
     return {
         "id": item_id,
         "object": "realtime.item",
@@ -99,7 +106,7 @@ def user_item(item_id: str, content: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def assistant_item(item_id: str) -> dict[str, Any]:
+def assistant_item(item_id: str) -> Wire:
     return {
         "id": item_id,
         "object": "realtime.item",
@@ -110,7 +117,7 @@ def assistant_item(item_id: str) -> dict[str, Any]:
     }
 
 
-def function_call_item(item_id: str, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str) -> Wire:
     return {
         "id": item_id,
         "object": "realtime.item",
@@ -122,7 +129,7 @@ def function_call_item(item_id: str, call_id: str, name: str, arguments: str) ->
     }
 
 
-def function_output_item(item_id: str, call_id: str, output: str) -> dict[str, Any]:
+def function_output_item(item_id: str, call_id: str, output: str) -> Wire:
     return {
         "id": item_id,
         "object": "realtime.item",
@@ -138,7 +145,7 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def usage(in_text: str, in_audio_ms: float, out_text: str, out_audio_ms: float) -> dict[str, Any]:
+def usage(in_text: str, in_audio_ms: float, out_text: str, out_audio_ms: float) -> Wire:
     """Estimated usage: text at ~4 characters a token, audio at OpenAI's rates
     (input 1 token per 100 ms, output 1 per 50 ms). Nothing is billed."""
     in_t, in_a = estimate_tokens(in_text), int(in_audio_ms / 100)

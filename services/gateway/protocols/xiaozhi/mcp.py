@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from parley.v1 import tools_pb2
-from services.gateway.session import ClientToolError
+from services.gateway.core.errors import ClientToolError
 
 log = logging.getLogger("parley.gateway.xiaozhi")
 
