@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 import httpx
+import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -70,6 +71,8 @@ BAD_LOG_LINES = (
     "Read-only file system",
     "Permissions Violation",
     "Authorization Violation",
+    "Publish Violation",
+    "Subscription Violation",
 )
 
 
@@ -436,6 +439,38 @@ def pods_of(objects: list[dict[str, Any]]) -> tuple[list[Pod], list[Pod]]:
     return nats, deployments
 
 
+async def check_bus_is_closed(cluster: Cluster, server: Pod) -> dict[str, Any]:
+    """NATS takes no anonymous client, and a service's user may use only its
+    own subjects: vad's may not hear the answer audio nor speak as the llm."""
+    url = f"nats://{server.ip}:4222"
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0)
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    password = cluster.secret_values["parley-secrets/nats-vad-password"]
+    nc = await nats.connect(
+        f"nats://parley-vad:{password}@{server.ip}:4222",
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+    try:
+        await nc.subscribe("parley.v1.s.*.audio.out")
+        await nc.publish("parley.v1.s.test.llm", b"")
+        await nc.flush(timeout=2)
+        for _ in range(20):
+            if len(refused) >= 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    assert any("subscription" in r.lower() and "audio.out" in r for r in refused), refused
+    assert any("publish" in r.lower() and "parley.v1.s.test.llm" in r for r in refused), refused
+    return {"anonymous": "refused", "vad_user_refused": refused}
+
+
 def memory_mb(cluster: Cluster) -> dict[str, float]:
     names = [d for p in cluster.pods for d in p.containers.values()]
     out = docker("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names, timeout=60)
@@ -582,6 +617,8 @@ async def test_dev_overlay_runs_probes_pass_and_a_turn_is_answered(cluster: Clus
             logs = cluster.logs(docker_name)
             for bad in BAD_LOG_LINES:
                 assert bad not in logs, f"{pod.name}/{cname}: {bad}\n{cluster.tail(pod)}"
+
+    report["bus"] = await check_bus_is_closed(cluster, nats[0])
 
     # Parley's pods stop the Kubernetes way; the collector (stand-in) last,
     # so it receives what they flush on the way out.
