@@ -242,6 +242,32 @@ class SessionDefaults(Section):
     turn_detector: Literal["silence", "transcript"] = "silence"
 
 
+class StateSettings(Section):
+    """What must outlive a process, in NATS JetStream KV (parley/state.py):
+    the conversation history (llm). The NATS server needs JetStream (`parley
+    up` starts it with -js; the Kubernetes NATS has it on its volumes)."""
+
+    # False: nothing is stored (a history lives and dies with its llm
+    # instance); no JetStream needed.
+    enabled: bool = True
+    # A history expires this long after its last write (JetStream max_age).
+    # An open session is never idle longer than llm.session_idle_timeout_s
+    # (900 s) before its stages close it, so an hour keeps every open
+    # conversation with room to spare, while one whose gateway vanished
+    # (nobody ended it) is gone within the hour, not kept for ever.
+    history_ttl_s: float = Field(3600.0, gt=0)
+    # The session record (bucket parley_sessions), same reasoning.
+    session_ttl_s: float = Field(3600.0, gt=0)
+    # Copies of each bucket: 1 on one NATS server, 3 on the Kubernetes
+    # three-server cluster (a node may go without losing a write).
+    replicas: int = Field(1, ge=1, le=5)
+    # Largest value a bucket accepts; a history is bounded well below
+    # (llm.max_history_turns and 12000 characters, ~50 KB at worst).
+    max_value_bytes: int = Field(262_144, ge=1024)
+    # A KV read or write that takes longer has failed.
+    timeout_s: float = Field(2.0, gt=0)
+
+
 class GatewaySettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -292,6 +318,7 @@ class ParleySettings(BaseSettings):
     llm: LlmSettings = LlmSettings()
     tts: TtsSettings = TtsSettings()
     tools: ToolsSettings = ToolsSettings()
+    state: StateSettings = StateSettings()
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> ParleySettings:
@@ -299,6 +326,21 @@ class ParleySettings(BaseSettings):
             section = getattr(self, name)
             if section.provider == "openai" and not section.base_url:
                 raise ValueError(f"{name}.base_url is required when {name}.provider is openai")
+        return self
+
+    @model_validator(mode="after")
+    def _state_fits(self) -> ParleySettings:
+        if self.state.history_ttl_s < self.llm.session_idle_timeout_s:
+            raise ValueError(
+                f"state.history_ttl_s ({self.state.history_ttl_s:g}) is shorter than "
+                f"llm.session_idle_timeout_s ({self.llm.session_idle_timeout_s:g}): "
+                "an open session's history would expire"
+            )
+        if self.state.max_value_bytes > self.nats.max_payload_bytes:
+            raise ValueError(
+                f"state.max_value_bytes ({self.state.max_value_bytes}) is over "
+                f"nats.max_payload_bytes ({self.nats.max_payload_bytes})"
+            )
         return self
 
     @classmethod

@@ -19,6 +19,7 @@ from parley.logs import setup_logging
 from parley.metrics import start_metrics_server
 from parley.placement import PlacementServer
 from parley.session import StageSession
+from parley.state import StateUnavailable
 from parley.tracing import setup_tracing
 from parley.v1 import common_pb2, events_pb2
 
@@ -186,3 +187,6 @@ def run(
         asyncio.run(run_service(name, metrics_port, make))
     except KeyboardInterrupt:
         pass
+    except StateUnavailable as exc:  # no JetStream: say what to do, no traceback
+        log.error("%s cannot start: %s", name, exc)
+        raise SystemExit(2) from None

@@ -76,6 +76,12 @@ class StageSession:
         self._stamper = MetaStamper(session_id)
         self._on_closed = on_closed
         self.closed = False
+        # The gateway ended the session (not an idle timeout or a drain):
+        # nobody will take it over, so what is stored of it can go.
+        self.ended = False
+        # Where the session's previous owner left off (PlaceRequest): the
+        # last user turn the gateway saw, 0 for a new session.
+        self.last_turn_id = 0
         self.last_activity = time.monotonic()
 
     @property
@@ -138,6 +144,7 @@ class StageSession:
     async def _on_control(self, msg: control_pb2.Control) -> None:
         kind = msg.WhichOneof("command")
         if kind == "end":
+            self.ended = True
             await self.close(msg.end.reason or "session ended")
         elif kind == "settings":
             merge_settings(self.settings, msg.settings.settings)

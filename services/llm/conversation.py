@@ -1,9 +1,25 @@
 """A session's conversation: the system prompt and a bounded history, which
-keeps of an interrupted answer only what the listener heard."""
+keeps of an interrupted answer only what the listener heard; encoded as a
+`History` (proto/parley/v1/state.proto) for the state store."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+
+from parley.v1 import state_pb2
 from services.llm.providers.base import Message, ToolCall
+
+log = logging.getLogger("parley.llm")
+
+_ROLES = {
+    "user": state_pb2.HistoryMessage.USER,
+    "assistant": state_pb2.HistoryMessage.ASSISTANT,
+    "tool": state_pb2.HistoryMessage.TOOL,
+}
+_ROLE_NAMES = {v: k for k, v in _ROLES.items()}
 
 
 class Conversation:
@@ -16,6 +32,8 @@ class Conversation:
         self.max_turns = max_turns
         self.max_chars = max_chars
         self.history: list[Message] = []
+        # Told after every change of the history (the llm stores it).
+        self.on_change: Callable[[], None] | None = None
 
     def messages(self) -> list[Message]:
         # Copies: a caller appending to a message must not rewrite history.
@@ -27,10 +45,12 @@ class Conversation:
     def add_user(self, text: str) -> None:
         self.history.append({"role": "user", "content": text})
         self._bound()
+        self._changed()
 
     def add_assistant(self, text: str) -> None:
         self.history.append({"role": "assistant", "content": text})
         self._bound()
+        self._changed()
 
     def add_tool_round(self, calls: list[ToolCall], results: list[str], text: str = "") -> None:
         """One round of tool calls and their results, added together so the
@@ -52,6 +72,7 @@ class Conversation:
         for call, result in zip(calls, results, strict=True):
             self.history.append({"role": "tool", "tool_call_id": call.id, "content": result})
         self._bound()
+        self._changed()
 
     def truncate_last_assistant(self, heard_text: str) -> bool:
         """An answer was interrupted: keep of it only what was heard, so the
@@ -69,8 +90,47 @@ class Conversation:
                     message["content"] = heard_text.strip()
                 else:
                     del self.history[index]
+                self._changed()
                 return True
         return False
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # --- the stored form ------------------------------------------------------
+    def encode(self) -> bytes:
+        stored = state_pb2.History(system_prompt=self.system_prompt)
+        for m in self.history:
+            out = stored.messages.add(role=_ROLES[m["role"]])
+            if m.get("content") is not None:
+                out.content = m["content"]
+            for call in m.get("tool_calls") or []:
+                out.tool_calls.add(
+                    id=call["id"],
+                    name=call["function"]["name"],
+                    arguments=call["function"]["arguments"],
+                )
+            if m.get("tool_call_id"):
+                out.tool_call_id = m["tool_call_id"]
+        return stored.SerializeToString()
+
+    def restore(self, data: bytes) -> bool:
+        """The history as stored (by this session's previous owner); bounded
+        again by this instance's limits. False, history untouched, when the
+        value cannot be read."""
+        stored = state_pb2.History()
+        try:
+            stored.ParseFromString(data)
+            history = [_message(m) for m in stored.messages]
+        except (DecodeError, KeyError) as exc:
+            log.warning("stored history unreadable, starting afresh: %s", exc)
+            return False
+        if stored.system_prompt:
+            self.system_prompt = stored.system_prompt
+        self.history = history
+        self._bound()
+        return True
 
     def _bound(self) -> None:
         def size(message: Message) -> int:
@@ -97,6 +157,25 @@ class Conversation:
                 del self.history[: users[1]]
             else:
                 break
+
+
+def _message(m: state_pb2.HistoryMessage) -> Message:
+    message: Message = {
+        "role": _ROLE_NAMES[m.role],
+        "content": m.content if m.HasField("content") else None,
+    }
+    if m.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in m.tool_calls
+        ]
+    if m.role == state_pb2.HistoryMessage.TOOL:
+        message["tool_call_id"] = m.tool_call_id
+    return message
 
 
 def _user_indices(history: list[Message]) -> list[int]:

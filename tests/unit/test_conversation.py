@@ -131,3 +131,48 @@ def test_truncate_after_a_tool_round_cuts_the_final_answer() -> None:
     assert conv.truncate_last_assistant("It is nine")
     assert conv.history[-1]["content"] == "It is nine"
     assert [m["role"] for m in conv.history] == ["user", "assistant", "tool", "assistant"]
+
+
+# --- the stored form ----------------------------------------------------------------
+
+
+def test_a_history_survives_encoding_whole() -> None:
+    conv = Conversation("Be brief.")
+    conv.add_user("What time is it?")
+    conv.add_tool_round([ToolCall("c1", "get_time", '{"tz": "UTC"}')], ["12:00"], "")
+    conv.add_assistant("It is noon.")
+    conv.add_user("Thanks, and the date?")
+    conv.add_assistant("Monday the first, and then")
+    conv.truncate_last_assistant("Monday the first")
+    again = Conversation("ignored")
+    assert again.restore(conv.encode())
+    assert again.messages() == conv.messages()
+    assert again.system_prompt == "Be brief."
+
+
+def test_a_restored_history_is_bounded_by_the_new_owner() -> None:
+    conv = Conversation("s", max_turns=10)
+    for i in range(6):
+        conv.add_user(f"q{i}")
+        conv.add_assistant(f"a{i}")
+    smaller = Conversation("s", max_turns=2)
+    assert smaller.restore(conv.encode())
+    assert [m["content"] for m in smaller.history] == ["q4", "a4", "q5", "a5"]
+
+
+def test_an_unreadable_stored_history_is_refused_and_changes_nothing() -> None:
+    conv = Conversation("s")
+    conv.add_user("kept")
+    assert not conv.restore(b"\xff\xff not a history")
+    assert conv.history == [{"role": "user", "content": "kept"}]
+
+
+def test_every_change_is_announced() -> None:
+    conv = Conversation("s")
+    changes: list[int] = []
+    conv.on_change = lambda: changes.append(len(conv.history))
+    conv.add_user("q")
+    conv.add_assistant("a long answer")
+    conv.truncate_last_assistant("a long")
+    conv.add_tool_round([ToolCall("c", "t", "{}")], ["r"])
+    assert changes == [1, 2, 2, 4]
