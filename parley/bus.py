@@ -38,8 +38,9 @@ def session_subject(session_id: str, stream: str) -> str:
     return f"{PREFIX}.s.{session_id}.{stream}"
 
 
-def place_subject(stage: str) -> str:
-    return f"{PREFIX}.place.{stage}"
+def place_subject(stage: str, instance_id: str = "") -> str:
+    """The stage's queue group subject, or one instance's own."""
+    return f"{PREFIX}.place.{stage}.{instance_id}" if instance_id else f"{PREFIX}.place.{stage}"
 
 
 def heartbeat_subject(stage: str) -> str:
@@ -72,16 +73,42 @@ class DecodeFailure(Exception):
         self.subject = subject
 
 
+class PayloadTooLarge(Exception):
+    """A message over the bus's limit (nats.max_payload_bytes), refused before
+    it is sent, with what it was."""
+
+    def __init__(self, subject: str, size: int, limit: int) -> None:
+        super().__init__(f"message on {subject} is {size} bytes, over the bus limit of {limit}")
+        self.subject = subject
+        self.size = size
+        self.limit = limit
+
+
 DecodeErrorHook = Callable[[str, str], Awaitable[None]]
 
 
 class Bus:
     """One NATS connection for a process; reconnects by itself."""
 
-    def __init__(self, nc: NatsClient, service: str) -> None:
+    def __init__(self, nc: NatsClient, service: str, max_payload_bytes: int = 0) -> None:
         self.nc = nc
         self.service = service
         self.on_decode_error: DecodeErrorHook | None = None
+        # nats.max_payload_bytes (0: the server's own limit alone).
+        self.max_payload_bytes = max_payload_bytes
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message this connection sends: the configured limit,
+        or the server's if that is lower (nats-py refuses beyond it anyway)."""
+        server = int(getattr(self.nc, "max_payload", 0) or 0)
+        limits = [n for n in (self.max_payload_bytes, server) if n > 0]
+        return min(limits) if limits else 1_048_576
+
+    def _check_size(self, subject: str, data: bytes) -> None:
+        if len(data) > self.max_payload:
+            ERRORS.labels(self.service, "payload_too_large").inc()
+            raise PayloadTooLarge(subject, len(data), self.max_payload)
 
     @classmethod
     async def connect(cls, settings: NatsSettings, service: str) -> Bus:
@@ -104,7 +131,7 @@ class Bus:
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
         )
-        return cls(nc, service)
+        return cls(nc, service, settings.max_payload_bytes)
 
     @property
     def connected(self) -> bool:
@@ -112,13 +139,15 @@ class Bus:
 
     async def publish(self, subject: str, msg: Message) -> None:
         headers = inject_headers({SENT_AT_HEADER: f"{time.time():.6f}"})
-        await self.nc.publish(subject, msg.SerializeToString(), headers=headers)
+        data = msg.SerializeToString()
+        self._check_size(subject, data)
+        await self.nc.publish(subject, data, headers=headers)
 
     async def request(self, subject: str, msg: Message, reply_type: type[M], timeout: float) -> M:
         headers = inject_headers({SENT_AT_HEADER: f"{time.time():.6f}"})
-        reply = await self.nc.request(
-            subject, msg.SerializeToString(), timeout=timeout, headers=headers
-        )
+        data = msg.SerializeToString()
+        self._check_size(subject, data)
+        reply = await self.nc.request(subject, data, timeout=timeout, headers=headers)
         return _decode(reply_type, reply)
 
     async def subscribe(

@@ -59,11 +59,17 @@ class StageSettings(Section):
     drain_timeout_s: float = Field(10.0, ge=0)
     # A session nobody has spoken to for this long is closed (the gateway died).
     session_idle_timeout_s: float = Field(900.0, gt=0)
+    # Sessions this instance accepts (placement sends the next one elsewhere,
+    # and when every instance is full the gateway refuses it: server_busy);
+    # 0: no limit. Each stage sets its own default below.
+    max_sessions: int = Field(0, ge=0)
 
 
 class VadSettings(StageSettings):
     metrics_port: int = Field(9102, ge=0, le=65535)
     health_port: int = Field(50102, ge=0, le=65535)
+    # A session's VAD costs ~2% of a core (32 ms windows, sub-ms each).
+    max_sessions: int = Field(64, ge=0)
     model_path: str | None = None
     threshold: float = Field(0.5, gt=0, lt=1)
     # Hysteresis: speech goes on until the probability falls below this.
@@ -80,6 +86,9 @@ class VadSettings(StageSettings):
 class AsrSettings(StageSettings):
     metrics_port: int = Field(9103, ge=0, le=65535)
     health_port: int = Field(50103, ge=0, le=65535)
+    # Sessions mostly listen: 16 keeps a final's wait for the recognizer
+    # short when a few of them end their turns together.
+    max_sessions: int = Field(16, ge=0)
     provider: Literal["faster_whisper", "openai"] = "faster_whisper"
     # faster_whisper: None is the bundled tiny.en; else a path or model name.
     model: str | None = None
@@ -102,6 +111,9 @@ class AsrSettings(StageSettings):
 class LlmSettings(StageSettings):
     metrics_port: int = Field(9104, ge=0, le=65535)
     health_port: int = Field(50104, ge=0, le=65535)
+    # Four sessions per generation slot (llm.parallel, 4): a session is
+    # answered a fraction of the time it is connected.
+    max_sessions: int = Field(16, ge=0)
     # xllamacpp: a local GGUF (prebuilt llama.cpp server, in process);
     # llama_cpp: the same on llama-cpp-python (the `llama-cpp` extra);
     # openai: any OpenAI-compatible /v1/chat/completions.
@@ -139,6 +151,7 @@ class LlmSettings(StageSettings):
 class TtsSettings(StageSettings):
     metrics_port: int = Field(9105, ge=0, le=65535)
     health_port: int = Field(50105, ge=0, le=65535)
+    max_sessions: int = Field(16, ge=0)
     provider: Literal["piper", "openai"] = "piper"
     model_path: str | None = None
     config_path: str | None = None
@@ -279,11 +292,20 @@ class GatewaySettings(Section):
     input_sample_rates: list[int] = [8000, 16000, 22050, 24000, 44100, 48000]
     output_sample_rate: int = Field(16000, ge=8000, le=48000)
     placement_timeout_s: float = Field(3.0, gt=0)
+    # Sessions this gateway holds at once (beyond it: server_busy, HTTP 503
+    # before a WebSocket upgrade); 0: no limit, the stages' capacity bounds it.
+    max_sessions: int = Field(0, ge=0)
     # Owners silent this many heartbeat intervals are presumed dead.
     heartbeat_misses: int = Field(3, ge=1)
     heartbeat_interval_s: float = Field(1.0, gt=0)
     # Audio sent ahead of real time, so a device's jitter buffer never starves.
     playback_lead_ms: int = Field(300, ge=0, le=5000)
+    # Client audio faster than this many times real time is dropped (a
+    # flood must not queue without bound or slow other sessions down), once
+    # a burst of audio_burst_ms has gone through (a jitter buffer flushed
+    # after a stall, an EchoKit board's 512 ms chunks); 0 turns it off.
+    max_audio_speed: float = Field(1.5, ge=0)
+    audio_burst_ms: int = Field(1000, ge=100, le=60000)
     drain_timeout_s: float = Field(10.0, ge=0)
     # A connection that drops keeps its session this long for a reconnect
     # (Parley WebSocket session_resume, gRPC resume); 0 ends it at once.

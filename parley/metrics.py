@@ -60,6 +60,28 @@ DROPPED_FRAMES = Counter("parley_dropped_frames_total", "Frames dropped", ["stag
 INTERRUPTS = Counter("parley_interrupts_total", "Responses interrupted by the user", ["stage"])
 ERRORS = Counter("parley_errors_total", "Errors by stage and kind", ["stage", "code"])
 TURNS = Counter("parley_turns_total", "User turns handled", ["stage"])
+# Load and capacity (parley/load.py defines each): what placement and an
+# autoscaler (HPA through Prometheus Adapter, KEDA) read.
+STAGE_SESSIONS = Gauge("parley_stage_sessions", "Sessions placed on this instance", ["stage"])
+STAGE_QUEUE_DEPTH = Gauge(
+    "parley_stage_queue_depth", "Model steps waiting for a worker on this instance", ["stage"]
+)
+STAGE_STEP_SECONDS = Gauge(
+    "parley_stage_step_seconds", "p95 duration of this instance's recent model steps", ["stage"]
+)
+STAGE_LOAD_RATIO = Gauge(
+    "parley_stage_load_ratio",
+    "Busy fraction of this instance: max(sessions / capacity, model steps in flight / workers)",
+    ["stage"],
+)
+SESSIONS_REFUSED = Counter(
+    "parley_sessions_refused_total", "Sessions refused because every instance was full", ["stage"]
+)
+AUDIO_THROTTLED = Counter(
+    "parley_audio_throttled_seconds_total",
+    "Client audio dropped for arriving faster than real time, in seconds of audio",
+    ["stage"],
+)
 
 
 def start_metrics_server(port: int) -> int:

@@ -1,5 +1,7 @@
-"""Session placement, instance side: answer placement requests on the stage's
-queue group, own the sessions placed here, announce them in heartbeats."""
+"""Session placement, instance side: answer placement requests (on this
+instance's own subject, which the gateway uses once it knows the instance from
+its heartbeats, and on the stage's queue group), own the sessions placed here,
+refuse past capacity, announce sessions and load in heartbeats."""
 
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ from collections.abc import Awaitable, Callable
 from nats.aio.subscription import Subscription
 
 from parley.bus import Bus, heartbeat_subject, place_subject, release_subject
+from parley.load import LoadMeter
 from parley.metrics import ACTIVE_SESSIONS
 from parley.session import StageSession
 from parley.v1 import common_pb2, placement_pb2
 
 log = logging.getLogger("parley.placement")
+
+# The refusal of an instance at capacity; the gateway tries another.
+FULL = "full"
 
 SessionFactory = Callable[
     [str, common_pb2.Settings, Callable[[str], Awaitable[None]]], StageSession
@@ -31,6 +37,7 @@ class PlacementServer:
         factory: SessionFactory,
         heartbeat_interval_s: float,
         idle_timeout_s: float,
+        meter: LoadMeter | None = None,
     ) -> None:
         self.bus = bus
         self.stage = stage
@@ -39,48 +46,80 @@ class PlacementServer:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.idle_timeout_s = idle_timeout_s
         self.sessions: dict[str, StageSession] = {}
+        self.meter = meter or LoadMeter(stage, 0)
+        # Sessions being opened (an await away from self.sessions): counted
+        # against capacity, so two requests at once cannot both take the last slot.
+        self._opening: set[str] = set()
         self.draining = False
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._sub = await self.bus.serve(
-            place_subject(self.stage),
-            placement_pb2.PlaceRequest,
-            self._on_place,
-            bad_request=lambda why: placement_pb2.PlaceReply(ok=False, error=why),
-            queue=self.stage,
-        )
+        for subject, queue in (
+            (place_subject(self.stage, self.instance_id), ""),
+            (place_subject(self.stage), self.stage),
+        ):
+            self._subs.append(
+                await self.bus.serve(
+                    subject,
+                    placement_pb2.PlaceRequest,
+                    self._on_place,
+                    bad_request=lambda why: placement_pb2.PlaceReply(ok=False, error=why),
+                    queue=queue,
+                )
+            )
         self._heartbeat_task = asyncio.create_task(self._heartbeats())
 
     async def _on_place(self, req: placement_pb2.PlaceRequest) -> placement_pb2.PlaceReply:
         if self.draining:
             return placement_pb2.PlaceReply(ok=False, error="draining")
+        if req.session_id in self._opening:
+            return placement_pb2.PlaceReply(ok=False, error="busy: being opened")
         if req.session_id not in self.sessions:
-            session = self.factory(req.session_id, req.settings, self._forget)
+            held = len(self.sessions) + len(self._opening)
+            if self.meter.capacity and held >= self.meter.capacity:
+                # The gateway's view of the load may be a heartbeat old: it
+                # learns here and tries another instance.
+                return placement_pb2.PlaceReply(ok=False, error=FULL)
+            self._opening.add(req.session_id)
             try:
+                session = self.factory(req.session_id, req.settings, self._forget)
+                # Where the previous owner left off (the gateway's last turn id).
+                session.last_turn_id = req.last_turn_id
                 await session.start()
             except Exception as exc:
                 log.exception("cannot open session")
                 return placement_pb2.PlaceReply(ok=False, error=str(exc))
+            finally:
+                self._opening.discard(req.session_id)
             self.sessions[req.session_id] = session
-            ACTIVE_SESSIONS.labels(self.stage).set(len(self.sessions))
+            self._count()
             log.info("%s session placed on %s", self.stage, self.instance_id)
         return placement_pb2.PlaceReply(ok=True, instance_id=self.instance_id)
 
     async def _forget(self, session_id: str) -> None:
         self.sessions.pop(session_id, None)
+        self._count()
+
+    def _count(self) -> None:
         ACTIVE_SESSIONS.labels(self.stage).set(len(self.sessions))
+        self.meter.set_sessions(len(self.sessions))
 
     async def _heartbeats(self) -> None:
         while True:
             try:
+                load = self.meter.sample()
                 beat = placement_pb2.Heartbeat(
                     stage=self.stage,
                     instance_id=self.instance_id,
                     session_ids=list(self.sessions),
                     draining=self.draining,
                     ts_ms=time.time() * 1000,
+                    sessions=load.sessions,
+                    capacity=load.capacity,
+                    queue_depth=load.queue_depth,
+                    step_latency_ms=load.step_latency_ms,
+                    load_ratio=load.load_ratio,
                 )
                 await self.bus.publish(heartbeat_subject(self.stage), beat)
                 await self._close_idle()
@@ -100,9 +139,9 @@ class PlacementServer:
         """Stop taking sessions, let turns in progress finish, then hand the
         remaining sessions back so the gateway places them elsewhere."""
         self.draining = True
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            await sub.unsubscribe()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(s.busy for s in self.sessions.values()):
             await asyncio.sleep(0.1)

@@ -15,6 +15,7 @@ from typing import ClassVar, Protocol
 from parley.bus import Bus, now_ms, session_subject, split_session_subject
 from parley.config import ParleySettings, StageSettings, load_settings_or_exit
 from parley.health import HealthServer
+from parley.load import LoadMeter
 from parley.logs import setup_logging
 from parley.metrics import start_metrics_server
 from parley.placement import PlacementServer
@@ -34,6 +35,14 @@ class Stage(ABC):
     def __init__(self, settings: ParleySettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
+        # Sessions, model steps and their latency (parley/load.py): sessions
+        # wrap each model call in `self.meter.step()`.
+        self.meter = LoadMeter(self.name, self.stage_settings.max_sessions, self.model_workers)
+
+    @property
+    def model_workers(self) -> int:
+        """Model steps this instance runs at once (beyond them, work queues)."""
+        return 1
 
     @property
     def stage_settings(self) -> StageSettings:
@@ -156,6 +165,7 @@ class StageService:
                 self.stage.open_session,
                 self.settings.heartbeat_interval_s,
                 self.settings.session_idle_timeout_s,
+                self.stage.meter,
             )
             await self.placement.start()
         await self.health.set_serving(True)

@@ -109,7 +109,8 @@ class AsrSession(StageSession):
         pcm = self.ring.slice(start_ms - self.asr.settings.asr.pre_roll_ms, end_ms)
         language = self.in_force.language or None
         try:
-            result = await self.asr.transcriber.transcribe(pcm, RATE, language)
+            with self.asr.meter.step():
+                result = await self.asr.transcriber.transcribe(pcm, RATE, language)
         except Exception as exc:  # a partial is a nicety: the final reports failures
             log.info("partial transcript failed: %s", exc)
             return
@@ -193,7 +194,8 @@ class AsrSession(StageSession):
             if not at_pause:
                 await self.publish_processing("transcribing", turn_id=turn_id)
             try:
-                result = await self.asr.transcriber.transcribe(pcm, RATE, language)
+                with self.asr.meter.step():
+                    result = await self.asr.transcriber.transcribe(pcm, RATE, language)
             except ProviderError as exc:
                 await self.publish_error(
                     exc.code, f"transcription failed: {exc.message}", turn_id=turn_id

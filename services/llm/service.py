@@ -377,24 +377,26 @@ class LlmSession(StageSession):
                         temperature=cfg.temperature,
                         tools=offered,
                     )
-                    try:
-                        async for item in stream:
-                            if isinstance(item, ToolCall):
-                                calls.append(item)
-                                continue
-                            if not gen.text:
-                                span.add_event("first_token")
-                                STAGE_SECONDS.labels("llm", "first_token").observe(
-                                    time.monotonic() - started
+                    # One model step: its slot is busy until the stream ends.
+                    with self.llm.meter.step():
+                        try:
+                            async for item in stream:
+                                if isinstance(item, ToolCall):
+                                    calls.append(item)
+                                    continue
+                                if not gen.text:
+                                    span.add_event("first_token")
+                                    STAGE_SECONDS.labels("llm", "first_token").observe(
+                                        time.monotonic() - started
+                                    )
+                                gen.text += item
+                                round_text += item
+                                await self._out(
+                                    gen, llm_pb2.LlmEvent(delta=llm_pb2.TextDelta(text=item))
                                 )
-                            gen.text += item
-                            round_text += item
-                            await self._out(
-                                gen, llm_pb2.LlmEvent(delta=llm_pb2.TextDelta(text=item))
-                            )
-                            await emit(splitter.push(item))
-                    finally:
-                        await stream.aclose()
+                                await emit(splitter.push(item))
+                        finally:
+                            await stream.aclose()
                     if not calls:
                         break
                     await emit(splitter.push("\n"))
@@ -495,6 +497,11 @@ class LlmStage(Stage):
     async def start(self) -> None:
         if self.settings.state.enabled:
             self.history = await open_bucket(self.bus.nc, HISTORY, self.settings.state)
+
+    @property
+    def model_workers(self) -> int:
+        # xllamacpp generates llm.parallel answers at once; the others one.
+        return self.settings.llm.parallel if self.settings.llm.provider == "xllamacpp" else 1
 
     async def load(self) -> None:
         cfg = self.settings.llm

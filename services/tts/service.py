@@ -120,16 +120,19 @@ class TtsSession(StageSession):
         started = time.monotonic()
         audio_bytes = 0
         first = True
-        with tracer.start_as_current_span(
-            "tts.synthesize",
-            attributes={
-                "parley.session_id": self.session_id,
-                "parley.turn_id": resp.turn_id,
-                "parley.response_id": resp.response_id,
-                "parley.sentence_index": index,
-                "parley.model": synth.name,
-            },
-        ) as span:
+        with (
+            tracer.start_as_current_span(
+                "tts.synthesize",
+                attributes={
+                    "parley.session_id": self.session_id,
+                    "parley.turn_id": resp.turn_id,
+                    "parley.response_id": resp.response_id,
+                    "parley.sentence_index": index,
+                    "parley.model": synth.name,
+                },
+            ) as span,
+            self.tts.meter.step(),
+        ):
             stream = synth.synthesize(text, voice)
             try:
                 async for pcm in stream:

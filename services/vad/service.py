@@ -104,7 +104,10 @@ class VadSession(StageSession):
             )
             return
         loop = asyncio.get_running_loop()
-        windows = await loop.run_in_executor(self.vad_stage.executor, self.stream.push, chunk.pcm)
+        with self.vad_stage.meter.step():
+            windows = await loop.run_in_executor(
+                self.vad_stage.executor, self.stream.push, chunk.pcm
+            )
         for probability, energy_db in windows:
             onset = self.segmenter.voice_onset_ms
             decision = self.segmenter.push(probability)
