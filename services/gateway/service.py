@@ -93,7 +93,17 @@ class Gateway:
             return connection.respond(http.HTTPStatus.NOT_FOUND, f"no endpoint at {url.path}\n")
         if self.draining:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
-        return endpoint.authorize(connection, request)
+        refusal = endpoint.authorize(connection, request)
+        if refusal is not None:
+            return refusal
+        # Full as last heard: refused before the upgrade. A view a heartbeat
+        # old that misses it is caught at placement (each protocol's server_busy).
+        # An EchoKit board reconnecting (reconnect=true) takes back its own
+        # session, which holds its capacity already.
+        busy = None if "reconnect=true" in url.query else self.sessions.busy_reason()
+        if busy is not None:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"server_busy: {busy}\n")
+        return None
 
     def endpoint_for(self, path: str) -> WsEndpoint | None:
         return next((e for e in self.endpoints if e.matches(path)), None)

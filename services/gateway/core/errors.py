@@ -13,3 +13,12 @@ class ClientError(Exception):
 
 class ClientToolError(Exception):
     """A client tool failed; the message goes to the model."""
+
+
+class ServerBusy(ClientError):
+    """Every instance of a stage (or the gateway itself) is at capacity: the
+    session is refused rather than slowing every other one down."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__("server_busy", message)
+        self.stage = stage

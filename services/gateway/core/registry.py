@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from parley.bus import Bus
 from parley.config import ParleySettings
 from parley.logs import session_id_var
+from parley.metrics import SESSIONS_REFUSED, STAGE_LOAD_RATIO, STAGE_SESSIONS
 from parley.tasks import TaskSet
 from parley.v1 import common_pb2
-from services.gateway.core.errors import ClientError
+from services.gateway.core.errors import ClientError, ServerBusy
 from services.gateway.core.placement import PlacementClient, PlacementError
 from services.gateway.core.session import GatewaySession
 from services.gateway.core.sink import ClientSink, DetachedSink
@@ -45,6 +46,23 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self.sessions)
 
+    def busy_reason(self) -> str | None:
+        """Why a new session would be refused now (this gateway at
+        gateway.max_sessions, or every instance of a stage full as last
+        heard), or None: checked before a WebSocket upgrade (HTTP 503)."""
+        limit = self.settings.gateway.max_sessions
+        if limit and len(self.sessions) >= limit:
+            return f"this gateway holds its {limit} sessions"
+        stage = self.placement.full_stage()
+        if stage is not None:
+            return f"every {stage} instance is full"
+        return None
+
+    def _count(self) -> None:
+        limit = self.settings.gateway.max_sessions
+        STAGE_SESSIONS.labels("gateway").set(len(self.sessions))
+        STAGE_LOAD_RATIO.labels("gateway").set(len(self.sessions) / limit if limit else 0.0)
+
     def __iter__(self) -> Iterator[GatewaySession]:
         return iter(list(self.sessions.values()))
 
@@ -56,9 +74,17 @@ class SessionRegistry:
         key: str | None = None,
         on_close: OnClose | None = None,
     ) -> tuple[GatewaySession, list[PlacementError]]:
-        """A placed session, registered; end it with close() or detach()."""
+        """A placed session, registered; end it with close() or detach().
+        ServerBusy when this gateway, or every instance of a stage, is full."""
+        limit = self.settings.gateway.max_sessions
+        if limit and len(self.sessions) >= limit:
+            SESSIONS_REFUSED.labels("gateway").inc()
+            raise ServerBusy(
+                "gateway", f"the server is busy: this gateway holds its {limit} sessions"
+            )
         session = GatewaySession(self.bus, self.placement, self.settings, sink, protocol)
         self.sessions[session.session_id] = session
+        self._count()
         if key is not None:
             self._keys[key] = session.session_id
         if on_close is not None:
@@ -86,6 +112,7 @@ class SessionRegistry:
         finally:
             if self.sessions.get(session.session_id) is session:
                 del self.sessions[session.session_id]
+                self._count()
             for key, sid in list(self._keys.items()):
                 if sid == session.session_id:
                     del self._keys[key]

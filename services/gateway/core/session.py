@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,7 +39,7 @@ from parley.v1 import (
     vad_pb2,
 )
 from services.gateway.core import events as ev
-from services.gateway.core.audio_in import BUS_RATE, AudioIn
+from services.gateway.core.audio_in import BUS_RATE, AudioBudget, AudioIn
 from services.gateway.core.bus_events import BusEvents
 from services.gateway.core.client_tools import ClientToolRelay, ClientTools
 from services.gateway.core.interruption import BargeInPolicy, Interruption, parse_backchannels
@@ -53,6 +54,10 @@ log = logging.getLogger("parley.gateway")
 tracer = trace.get_tracer("parley.gateway")
 
 __all__ = ["BUS_RATE", "GatewaySession"]
+
+# A client flooding audio is told so again at most this often (each dropped
+# frame would otherwise be a message back).
+TOO_FAST_NOTICE_S = 5.0
 
 
 class _LoopClock:
@@ -99,7 +104,11 @@ class GatewaySession:
         self._subs = Subscriptions()
         self.closed = False
         self.trace = TurnTrace(self.session_id, protocol)
-        self.audio_in = AudioIn(self._publish_audio)
+        self.audio_in = AudioIn(
+            self._publish_audio,
+            AudioBudget(settings.gateway.max_audio_speed, settings.gateway.audio_burst_ms),
+        )
+        self._too_fast_told_at: float | None = None
         self.responses = Responses()
         self._clock = _LoopClock()
         self.interruption = Interruption(self, self._clock)
@@ -228,10 +237,34 @@ class GatewaySession:
         finally:
             otel_context.detach(token)
 
-    async def push_audio(self, pcm: bytes) -> None:
-        """PCM16 mono at the session's input rate, already validated for shape."""
-        await self.audio_in.push(pcm)
+    async def push_audio(self, pcm: bytes, throttle: bool = True) -> None:
+        """PCM16 mono at the session's input rate, already validated for shape.
+        Audio faster than real time is dropped (core/audio_in.py); the client
+        hears of it as audio_too_fast, at most every TOO_FAST_NOTICE_S."""
+        if not await self.audio_in.push(pcm, throttle):
+            await self._too_fast()
+            return
         await self.interruption.audio(self.audio_in.offset_ms)
+
+    async def _too_fast(self) -> None:
+        now = time.monotonic()
+        told = self._too_fast_told_at
+        if told is not None and now - told < TOO_FAST_NOTICE_S:
+            return
+        self._too_fast_told_at = now
+        ERRORS.labels("gateway", "audio_too_fast").inc()
+        speed = self.audio_in.budget.speed
+        log.info("client audio faster than %.1fx real time: dropping the excess", speed)
+        await self.sink.send_event(
+            ev.Error(
+                "gateway",
+                "audio_too_fast",
+                f"audio is arriving faster than {speed:g}x real time; the excess is "
+                f"dropped ({self.audio_in.dropped_ms / 1000:.1f} s so far): send it "
+                "as it is recorded",
+                True,
+            )
+        )
 
     async def update_settings(
         self,

@@ -16,6 +16,10 @@ from websockets.http11 import Request, Response
 from parley.config import ParleySettings
 from services.gateway.core.registry import SessionRegistry
 
+# WebSocket close code 1013, "Try Again Later": every protocol's close when a
+# session is refused because the server is full (server_busy).
+BUSY_CLOSE_CODE = 1013
+
 
 class GatewayHost(Protocol):
     """What a protocol adapter sees of the gateway process."""

@@ -22,12 +22,12 @@ from websockets.http11 import Request, Response
 from parley.config import EchoKitSettings, ParleySettings
 from parley.logs import session_id_var
 from parley.tasks import TaskSet
-from services.gateway.core.errors import ClientError
+from services.gateway.core.errors import ClientError, ServerBusy
 from services.gateway.core.session import GatewaySession
 from services.gateway.protocols.echokit import wire
 from services.gateway.protocols.echokit.board import SAMPLE_RATE, Board, Link
 from services.gateway.protocols.echokit.hello import load_hello
-from services.gateway.protocols.endpoint import GatewayHost, check_token, refuse
+from services.gateway.protocols.endpoint import BUSY_CLOSE_CODE, GatewayHost, check_token, refuse
 
 log = logging.getLogger("parley.gateway.echokit")
 
@@ -103,7 +103,12 @@ class EchoKitEndpoint:
         device_id = device_id_of(url.path)
         assert device_id is not None  # matched already
         link = Link(ws, wire.parse_flags(url.query))
-        board = await self._attach(gateway, device_id, link)
+        try:
+            board = await self._attach(gateway, device_id, link)
+        except ServerBusy as exc:
+            log.info("echokit %s refused: %s", device_id, exc)
+            await ws.close(BUSY_CLOSE_CODE, "server busy, try again later")
+            return
         try:
             await board.serve(link)
         finally:

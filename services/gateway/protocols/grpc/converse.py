@@ -21,7 +21,7 @@ from parley.metrics import ERRORS
 from parley.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.core import events as ev
 from services.gateway.core.audio_check import check_pcm16
-from services.gateway.core.errors import ClientError
+from services.gateway.core.errors import ClientError, ServerBusy
 from services.gateway.core.placement import PlacementError
 from services.gateway.core.session import GatewaySession
 from services.gateway.core.settings import checked_settings
@@ -149,6 +149,8 @@ class ConverseServicer(gateway_pb2_grpc.GatewayServicer):
             return session, []
         try:
             return await sessions.open(sink, "grpc", settings)
+        except ServerBusy as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc.code, str(exc))
         except Exception as exc:
             log.warning("cannot open a gRPC session: %s", exc)
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "stage_unavailable", str(exc))

@@ -14,11 +14,11 @@ from parley.config import ParleySettings
 from parley.metrics import ERRORS
 from services.gateway.core import events as ev
 from services.gateway.core.audio_check import check_pcm16
-from services.gateway.core.errors import ClientError
+from services.gateway.core.errors import ClientError, ServerBusy
 from services.gateway.core.session import GatewaySession
 from services.gateway.core.settings import settings_from_json
 from services.gateway.core.sink import ClientSink
-from services.gateway.protocols.endpoint import GatewayHost, check_token
+from services.gateway.protocols.endpoint import BUSY_CLOSE_CODE, GatewayHost, check_token
 from services.gateway.protocols.parley_ws.serializer import to_json
 
 log = logging.getLogger("parley.gateway.ws")
@@ -66,7 +66,13 @@ class ParleyEndpoint:
 
     async def serve(self, gateway: GatewayHost, ws: ServerConnection) -> None:
         sink = WebSocketSink(ws)
-        session, failures = await gateway.sessions.open(sink, "parley")
+        try:
+            session, failures = await gateway.sessions.open(sink, "parley")
+        except ServerBusy as exc:
+            # Refused rather than served slowly; 1013 is WebSocket's "try again later".
+            await sink.send_event(ev.Error("gateway", exc.code, str(exc), False))
+            await ws.close(BUSY_CLOSE_CODE, "server busy")
+            return
         protocol = ParleyProtocol(gateway, ws, sink, session)
         ended = False
         try:

@@ -19,8 +19,8 @@ from websockets.http11 import Request, Response
 
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
-from services.gateway.core.errors import ClientError
-from services.gateway.protocols.endpoint import GatewayHost, check_token
+from services.gateway.core.errors import ClientError, ServerBusy
+from services.gateway.protocols.endpoint import BUSY_CLOSE_CODE, GatewayHost, check_token
 from services.gateway.protocols.realtime.client_events import ClientEvents
 from services.gateway.protocols.realtime.conversation import RealtimeConversation
 from services.gateway.protocols.realtime.events import Dialect, RealtimeClientError, Wire
@@ -52,9 +52,15 @@ class RealtimeEndpoint:
         model = parse_qs(urlsplit(ws.request.path).query).get("model")
         if model:
             conv.out.config.model = model[0]
-        session, failures = await gateway.sessions.open(
-            conv, "realtime", conv.out.config.parley_settings()
-        )
+        try:
+            session, failures = await gateway.sessions.open(
+                conv, "realtime", conv.out.config.parley_settings()
+            )
+        except ServerBusy as exc:
+            async with conv.out.lock:
+                await conv.out.error(exc.code, str(exc), kind="server_error")
+            await ws.close(BUSY_CLOSE_CODE, "server busy")
+            return
         try:
             client = ClientEvents(session, conv)
             await client.start()

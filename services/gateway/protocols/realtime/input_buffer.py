@@ -106,10 +106,13 @@ class InputBuffer:
             turns.next_turn = Turn(item_id, from_client=True)
             content = [{"type": "input_audio", "transcript": None}]
             await out.add_item(user_item(item_id, content), done=False)
-        await self.session.push_audio(pcm)
+        # A whole recording at once: not a live stream, so not held to real time.
+        await self.session.push_audio(pcm, throttle=False)
         # A silence after it lets the VAD end the turn itself; commit ends it
         # without turn detection.
-        await self.session.push_audio(bytes(int(self.session.input_rate * 2 * ITEM_TAIL_S)))
+        await self.session.push_audio(
+            bytes(int(self.session.input_rate * 2 * ITEM_TAIL_S)), throttle=False
+        )
         turns.awaiting_answer = True
         if not turns.server_vad:
             await self.session.commit()

@@ -16,9 +16,9 @@ from parley.config import XiaozhiSettings
 from parley.metrics import FRAMES
 from parley.tasks import TaskSet
 from parley.v1 import common_pb2
-from services.gateway.core.errors import ClientError
+from services.gateway.core.errors import ClientError, ServerBusy
 from services.gateway.core.session import GatewaySession
-from services.gateway.protocols.endpoint import GatewayHost
+from services.gateway.protocols.endpoint import BUSY_CLOSE_CODE, GatewayHost
 from services.gateway.protocols.opus_codec import DECODED_RATE, OpusDecoder, OpusError
 from services.gateway.protocols.xiaozhi import framing
 from services.gateway.protocols.xiaozhi.hello import DeviceInfo, HelloError, check_hello
@@ -60,7 +60,12 @@ class XiaozhiConnection:
             await self.ws.close(1003, str(exc)[:120])
             return
         sessions = self.gateway.sessions
-        session, failures = await sessions.open(self.sink, "xiaozhi")
+        try:
+            session, failures = await sessions.open(self.sink, "xiaozhi")
+        except ServerBusy as exc:
+            await self.sink.alert(exc.code, str(exc), force=True)
+            await self.ws.close(BUSY_CLOSE_CODE, "server busy, try again later")
+            return
         self.sink.session_id = session.session_id
         try:
             await session.update_settings(
