@@ -130,6 +130,10 @@ async def run_service(
     bus.on_decode_error = _report_decode_error(bus, name)
     service = make(settings, bus)
     ready = await service.start()
+    # Ready means reachable: every subscription made in start() is known to
+    # the server before anyone is told (a request sent right after the ready
+    # line otherwise races the SUB and gets "no responders").
+    await bus.nc.flush()
     log.info("%s ready: %s metrics=:%d", name, ready, port)
     await stop.wait()
     log.info("%s draining", name)
