@@ -15,7 +15,7 @@ PROTOS := $(wildcard proto/parley/v1/*.proto)
 GENERATED := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 PYTEST_ARGS ?=
 
-.PHONY: setup link browser run test test-fast bench lint proto clean wheelhouse image
+.PHONY: setup link browser espeak run test test-fast bench load lint proto clean wheelhouse image
 
 setup: $(STAMP) link proto
 
@@ -43,17 +43,27 @@ parley/v1/%_pb2.py: proto/parley/v1/%.proto $(STAMP)
 run: setup
 	$(VENV)/bin/parley up
 
+# $(call apt-install,COMMAND,PACKAGE,WHY): Debian's PACKAGE unless COMMAND is
+# there already (apt-get update only when the first try fails).
+define apt-install
+	@command -v $(1) >/dev/null 2>&1 || \
+	  { echo "installing Debian's $(2) $(3)"; \
+	    $$(command -v sudo) apt-get install -y -q $(2) >/dev/null 2>&1 || \
+	    { $$(command -v sudo) apt-get update -q >/dev/null && \
+	      $$(command -v sudo) apt-get install -y -q $(2) >/dev/null; }; }
+endef
+
 # The browser page's test drives Debian's Chromium (Playwright's own browser
 # downloads are not reachable from here).
 browser:
-	@command -v chromium >/dev/null 2>&1 || \
-	  { echo "installing Debian's chromium for the browser test"; \
-	    $$(command -v sudo) apt-get install -y -q chromium >/dev/null 2>&1 || \
-	    { $$(command -v sudo) apt-get update -q >/dev/null && \
-	      $$(command -v sudo) apt-get install -y -q chromium >/dev/null; }; }
+	$(call apt-install,chromium,chromium,for the browser test)
+
+# make load's second voice (and its test's): espeak-ng beside Piper.
+espeak:
+	$(call apt-install,espeak-ng,espeak-ng,for the load harness's voices)
 
 # Lint first: CI (.ci/run) runs this, so ruff and mypy stay clean.
-test: setup lint browser
+test: setup lint browser espeak
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
@@ -69,6 +79,17 @@ bench: setup
 	    tail -30 var/bench-stack.log; kill $$(cat var/bench-stack.pid) 2>/dev/null; exit 1; fi; \
 	  $(VENV)/bin/parley bench --warmup 1 --out bench-report.json; rc=$$?; \
 	  kill -TERM $$(cat var/bench-stack.pid); wait 2>/dev/null; exit $$rc
+
+# N simulated devices at once (Parley WebSocket and Xiaozhi/Opus, Piper and
+# espeak-ng voices), ramped over LOAD_N against a stack of its own on free
+# loopback ports; reports in var/load/. MODE=density: only nats, the gateway
+# and a vad, sessions streaming audio. LOAD_ARGS: more flags
+# (python -m tests.load --help).
+MODE ?= pipeline
+LOAD_N ?=
+LOAD_ARGS ?=
+load: setup espeak
+	$(PY) -m tests.load --mode $(MODE) $(if $(LOAD_N),--n $(LOAD_N)) --out var/load $(LOAD_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check parley services tests

@@ -25,6 +25,7 @@ from parley.cli.client import (
     FRAME_MS,
     GatewayError,
     Microphone,
+    ParleyClient,
     answer,
     describe_error,
     open_session,
@@ -224,6 +225,61 @@ def peak_memory_mb(pids: dict[str, list[int]]) -> dict[str, float]:
     return peaks
 
 
+# --- one turn's timings -----------------------------------------------------------
+def turn_result(client: ParleyClient, mark: int, end_of_speech_at: float) -> dict[str, Any]:
+    """A turn's timings, words and errors from what came back since event
+    `mark`: each client hop and the first answer audio in ms after
+    end_of_speech_at (the monotonic moment the speech truly ended), the
+    server's turn_metrics, transcript, answer text.
+
+    Only the answered turn counts (the last utterance VAD ended since mark,
+    and the answer to it): in a session that goes on, what is left of an
+    earlier answer that was spoken over (its last deltas, its cancellation)
+    arrives after mark too, and is not this turn's."""
+    pairs = list(zip(client.events[mark:], client.arrivals[mark:], strict=True))
+    ends = [e for e, _ in pairs if e["type"] == "user_speech_end"]
+    turn_id = ends[-1].get("turn_id") if ends else None
+    response_id = next(
+        (
+            e.get("response_id")
+            for e, _ in reversed(pairs)
+            if e["type"] == "response_start" and (turn_id is None or e.get("turn_id") == turn_id)
+        ),
+        None,
+    )
+
+    def of_turn(event: dict[str, Any]) -> bool:
+        if "response_id" in event:
+            return event.get("response_id") == response_id
+        return turn_id is None or event.get("turn_id", turn_id) == turn_id
+
+    mine = [(e, t) for e, t in pairs if e["type"] != "error" and of_turn(e)]
+    hops: dict[str, float] = {}
+    for hop, matches in HOP_EVENTS.items():
+        at = next((t for e, t in mine if matches(e)), None)
+        if at is not None:
+            hops[hop] = round((at - end_of_speech_at) * 1000, 1)
+    # Audio belongs to the response of the last tts_start: this answer's
+    # audio is what came after its own.
+    tts_at = next((t for e, t in mine if e["type"] == "tts_start"), None)
+    first_audio = next((at for at, _ in client.frames if tts_at is not None and at >= tts_at), None)
+    if first_audio is not None:
+        hops["first_audio"] = round((first_audio - end_of_speech_at) * 1000, 1)
+    events = [e for e, _ in mine]
+    result: dict[str, Any] = {"hops_ms": hops, "turn_id": turn_id, "response_id": response_id}
+    result["transcript"] = next(
+        (e.get("text", "") for e in events if HOP_EVENTS["final_transcript"](e)), None
+    )
+    result["answer"] = "".join(e.get("delta", "") for e in events if e["type"] == "response_text")
+    metrics = next((e for e in events if e["type"] == "turn_metrics"), None)
+    if metrics is not None:
+        result["server_hops_ms"] = metrics.get("hops", {})
+        # Where the server's VAD put the end of speech, against where it is.
+        result["server_end_of_speech_ms"] = metrics.get("end_of_speech_ms")
+    result["errors"] = [describe_error(e) for e, _ in pairs if e["type"] == "error"]
+    return result
+
+
 # --- one question -----------------------------------------------------------------
 async def one_turn(
     url: str,
@@ -255,26 +311,8 @@ async def one_turn(
         await mic.stop()
         await client.close()
 
-    events, arrivals = client.events[mark:], client.arrivals[mark:]
-    hops: dict[str, float] = {}
-    for hop, matches in HOP_EVENTS.items():
-        at = next((t for e, t in zip(events, arrivals, strict=True) if matches(e)), None)
-        if at is not None:
-            hops[hop] = round((at - end_of_speech_at) * 1000, 1)
-    if client.first_audio_at is not None:
-        hops["first_audio"] = round((client.first_audio_at - end_of_speech_at) * 1000, 1)
-    result["hops_ms"] = hops
-    result["transcript"] = next(
-        (e.get("text", "") for e in events if HOP_EVENTS["final_transcript"](e)), None
-    )
-    result["answer"] = "".join(e.get("delta", "") for e in events if e["type"] == "response_text")
-    metrics = next((e for e in events if e["type"] == "turn_metrics"), None)
-    if metrics is not None:
-        result["server_hops_ms"] = metrics.get("hops", {})
-        # Where the server's VAD put the end of speech, against where it is.
-        result["server_end_of_speech_ms"] = metrics.get("end_of_speech_ms")
+    result.update(turn_result(client, mark, end_of_speech_at))
     result["answer_audio_ms"] = round(len(client.audio) / (client.output_rate * 2) * 1000, 1)
-    result["errors"] = [describe_error(e) for e in events if e["type"] == "error"]
     if outcome.failed and outcome.reason not in result["errors"]:
         result["errors"].append(outcome.reason)
     return result

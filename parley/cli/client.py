@@ -268,12 +268,20 @@ class Microphone:
     a turn."""
 
     def __init__(
-        self, ws: ClientConnection, rate: int, frame_ms: int = FRAME_MS, url: str = "the gateway"
+        self,
+        ws: ClientConnection,
+        rate: int,
+        frame_ms: int = FRAME_MS,
+        url: str = "the gateway",
+        encode: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.ws = ws
         self.url = url
         self.frame_ms = frame_ms
         self.frame_bytes = rate * 2 * frame_ms // 1000
+        # What goes on the wire for one frame of PCM: the PCM itself here, an
+        # Opus packet in its binary framing for a device that speaks Xiaozhi.
+        self.encode = encode
         self._queue: deque[_Clip] = deque()
         self._task: asyncio.Task[None] | None = None
 
@@ -309,7 +317,7 @@ class Microphone:
         try:
             async with contextlib.aclosing(paced(self._frames(), self.frame_ms)) as schedule:
                 async for frame, clip in schedule:
-                    await self.ws.send(frame)
+                    await self.ws.send(frame if self.encode is None else self.encode(frame))
                     if clip is None:
                         continue
                     clip.sent.append(time.monotonic())
