@@ -111,11 +111,14 @@ async def start_stack(
 
 @contextlib.asynccontextmanager
 async def start_scripted_stack(
-    workdir: Path, env: dict[str, str] | None = None, stub: OpenAIChatStub | None = None
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    stub: OpenAIChatStub | None = None,
+    services: dict[str, int] | None = None,
 ) -> AsyncIterator[tuple[Stack, OpenAIChatStub]]:
     """A stack whose llm talks to a scripted OpenAI-compatible server (the
     stand-in for a remote model): answers and tool calls known in advance."""
     async with stub or OpenAIChatStub() as running_stub:
         llm = {"PARLEY_LLM__PROVIDER": "openai", "PARLEY_LLM__BASE_URL": running_stub.base_url}
-        async with start_stack(workdir, env={**llm, **(env or {})}) as stack:
+        async with start_stack(workdir, services, env={**llm, **(env or {})}) as stack:
             yield stack, running_stub
