@@ -56,3 +56,15 @@ async def test_unknown_path_and_wrong_port_are_refused(stack) -> None:
     with pytest.raises(websockets.exceptions.InvalidStatus) as err:
         await ParleyClient.open(stack.gateway_url.replace("/v1/ws", "/nope"))
     assert err.value.response.status_code == 404
+
+
+async def test_json_nested_past_any_bound_is_bad_json_and_the_session_lives(stack) -> None:
+    client = await ParleyClient.open(stack.gateway_url)
+    try:
+        await client.ws.send("[" * 100_000)
+        event = await expect_error(client, "bad_json")
+        assert "nested" in event["message"]
+        await client.send_json({"type": "ping"})
+        await client.wait_for("pong", timeout=5)
+    finally:
+        await client.close()

@@ -14,12 +14,12 @@ does, so these bytes are identical to the real server's.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import msgpack
 
+from parley import json_input
 from services.gateway.core.errors import ClientError
 
 HELLO_START = msgpack.packb("HelloStart")
@@ -98,8 +98,8 @@ def parse_command(text: str) -> Command:
     """One text frame, as serde reads the internally tagged ClientCommand
     (unknown fields ignored); ClientError("bad_command") otherwise."""
     try:
-        msg = json.loads(text)
-    except json.JSONDecodeError:
+        msg = json_input.loads(text)
+    except json_input.BadJson:
         raise ClientError("bad_command", f"text frame is not JSON: {text[:80]!r}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
         raise ClientError("bad_command", "a command is a JSON object with a string 'event'")

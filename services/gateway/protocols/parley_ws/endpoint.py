@@ -10,6 +10,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from parley import json_input
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
 from services.gateway.core import events as ev
@@ -141,8 +142,8 @@ class ParleyProtocol:
     async def on_text(self, text: str) -> bool:
         """Handle one JSON message; False ends the session."""
         try:
-            msg = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = json_input.loads(text)
+        except json_input.BadJson as exc:
             raise ClientError("bad_json", f"text frame is not valid JSON: {exc}") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise ClientError("bad_json", "a JSON message must be an object with a string 'type'")

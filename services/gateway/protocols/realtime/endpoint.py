@@ -8,7 +8,6 @@ error event. Parley's events reach the client through conversation.py."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,6 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from parley import json_input
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
 from services.gateway.core.errors import ClientError, ServerBusy
@@ -108,8 +108,8 @@ async def _error(conv: RealtimeConversation, exc: ClientError, event_id: str | N
 
 def _parse(text: str) -> Wire:
     try:
-        msg: Any = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        msg: Any = json_input.loads(text)
+    except json_input.BadJson as exc:
         raise RealtimeClientError("invalid_json", f"the event is not valid JSON: {exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise RealtimeClientError(

@@ -5,13 +5,13 @@ What Parley sends back goes through the connection's XiaozhiSink."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from parley import json_input
 from parley.config import XiaozhiSettings
 from parley.metrics import FRAMES
 from parley.tasks import TaskSet
@@ -210,7 +210,7 @@ class XiaozhiConnection:
 
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
-        msg = json.loads(text)
-    except json.JSONDecodeError:
+        msg = json_input.loads(text)
+    except json_input.BadJson:
         return None
     return msg if isinstance(msg, dict) else None

@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from parley import json_input
 from parley.v1 import tools_pb2
 from services.gateway.core.errors import ClientToolError
 
@@ -138,8 +139,8 @@ class DeviceMcp:
         if entry is None:
             raise ClientToolError(f"unknown tool: {name}")
         try:
-            arguments = json.loads(arguments_json) if arguments_json.strip() else {}
-        except json.JSONDecodeError as exc:
+            arguments = json_input.loads(arguments_json) if arguments_json.strip() else {}
+        except json_input.BadJson as exc:
             raise ClientToolError(f"{name}: arguments are not valid JSON: {exc}") from None
         try:
             result = await self.request(

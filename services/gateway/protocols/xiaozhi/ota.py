@@ -5,7 +5,6 @@ port, since the WebSocket server speaks only GET."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import datetime
@@ -14,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
+from parley import json_input
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
 
@@ -53,8 +53,8 @@ class OtaHandler:
             raw = await request.read()
             if raw.strip():
                 try:
-                    parsed = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    parsed = json_input.loads(raw)
+                except json_input.BadJson as exc:
                     return _error(400, f"the body is not JSON: {exc}")
                 if not isinstance(parsed, dict):
                     return _error(400, "the body must be a JSON object")
