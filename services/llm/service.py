@@ -459,7 +459,14 @@ class LlmSession(StageSession):
                 self.conversation.add_assistant(heard.strip())
         elif status == llm_pb2.ResponseEnded.COMPLETED and gen.text.strip():
             self.conversation.add_assistant(gen.text.strip())
-        log.info("response %s %s: %r", rid, llm_pb2.ResponseEnded.Status.Name(status), gen.text)
+        # What was said is personal: its length at INFO, the words at DEBUG only.
+        log.info(
+            "response %s %s (%d characters)",
+            rid,
+            llm_pb2.ResponseEnded.Status.Name(status),
+            len(gen.text),
+        )
+        log.debug("response %s text: %r", rid, gen.text)
         await asyncio.shield(
             self._out(
                 gen,
