@@ -302,10 +302,12 @@ class GatewaySettings(Section):
     playback_lead_ms: int = Field(300, ge=0, le=5000)
     # Client audio faster than this many times real time is dropped (a
     # flood must not queue without bound or slow other sessions down), once
-    # a burst of audio_burst_ms has gone through (a jitter buffer flushed
-    # after a stall, an EchoKit board's 512 ms chunks); 0 turns it off.
+    # a burst of audio_burst_ms has gone through: a client catching up after
+    # a stall sends its backlog at once (the e2e clients, whose loop stalls
+    # while Piper synthesizes, sent ~3 s so; a mobile link's retransmits
+    # stall as long), and 5 s of audio costs the VAD ~50 ms; 0 turns it off.
     max_audio_speed: float = Field(1.5, ge=0)
-    audio_burst_ms: int = Field(1000, ge=100, le=60000)
+    audio_burst_ms: int = Field(5000, ge=100, le=60000)
     drain_timeout_s: float = Field(10.0, ge=0)
     # A connection that drops keeps its session this long for a reconnect
     # (Parley WebSocket session_resume, gRPC resume); 0 ends it at once.
