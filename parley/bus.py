@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -87,6 +88,17 @@ class PayloadTooLarge(Exception):
 DecodeErrorHook = Callable[[str, str], Awaitable[None]]
 
 
+def client_tls(settings: NatsSettings) -> ssl.SSLContext | None:
+    """TLS to the NATS server when any nats.tls_* is set (a tls:// URL alone
+    gets nats-py's default context)."""
+    if not (settings.tls_ca or settings.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=settings.tls_ca)
+    if settings.tls_cert:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
 class Bus:
     """One NATS connection for a process; reconnects by itself."""
 
@@ -124,6 +136,11 @@ class Bus:
         nc = await nats.connect(
             servers=settings.url,
             name=f"parley-{service}",
+            # Its own credentials and TLS (docs/security.md); None: the URL's.
+            user=settings.user,
+            password=settings.password,
+            user_credentials=settings.creds,
+            tls=client_tls(settings),
             connect_timeout=int(settings.connect_timeout_s),
             reconnect_time_wait=int(settings.reconnect_wait_s),
             max_reconnect_attempts=settings.max_reconnect_attempts,

@@ -35,11 +35,25 @@ class NatsSettings(Section):
     # -1: keep trying for ever; a voice agent should ride out a bus restart.
     max_reconnect_attempts: int = -1
     max_payload_bytes: int = Field(1_048_576, gt=0)
+    # This service's own credentials (docs/security.md): a user and password,
+    # or a .creds file (nkey/JWT). `parley up` sets both for each service from
+    # what it generated under var/nats/; Kubernetes from parley-secrets.
+    user: str | None = None
+    password: str | None = None
+    creds: str | None = None
+    # TLS to the NATS server: a CA bundle to verify it (tls:// URLs, or any
+    # of these set, turn TLS on), and a client certificate if it asks for one.
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    # What people said and heard (transcripts, answers) is personal data:
+    # logged at DEBUG only, unless this is on (then at INFO, for local debugging).
+    content: bool = False
 
 
 class TelemetrySettings(Section):
@@ -53,6 +67,9 @@ class TelemetrySettings(Section):
 class StageSettings(Section):
     """What every service has: its ports and its placement rhythm."""
 
+    # Where the metrics and gRPC health servers listen: loopback unless told
+    # (the Kubernetes config sets 0.0.0.0, for the probes and Prometheus).
+    host: str = "127.0.0.1"
     metrics_port: int = Field(0, ge=0, le=65535)
     health_port: int = Field(0, ge=0, le=65535)
     heartbeat_interval_s: float = Field(1.0, gt=0)
@@ -193,12 +210,19 @@ class ToolsSettings(StageSettings):
     # How often an idle MCP connection is checked, so a restarted server is
     # found again before anyone needs it.
     mcp_ping_interval_s: float = Field(5.0, gt=0)
+    # Tools this service runs, by name or prefix ending in "*" (e.g. "time",
+    # "home_*"); a call for any other gets ok=false "tool X is not allowed".
+    # None runs every tool it has. Enforced here whatever the llm offers.
+    allow: list[str] | None = None
 
 
 class XiaozhiSettings(Section):
     """Xiaozhi ESP32 firmware: WebSocket at /xiaozhi/v1/, OTA at /xiaozhi/ota/."""
 
-    # Bearer token the boards must send; None accepts any (or none).
+    # Each board's token is HMAC-SHA256(gateway.device_secret, device id),
+    # handed out by the OTA and checked on connect: never a shared one.
+    # Set, this older shared token is still accepted from boards configured
+    # by hand; the OTA never returns it.
     auth_token: str | None = None
     # Device-Id (MAC) values allowed to connect and activate; None allows all.
     device_allowlist: list[str] | None = None
@@ -315,6 +339,18 @@ class GatewaySettings(Section):
     # gone for good does not hold stage capacity.
     resume_grace_s: float = Field(30.0, ge=0, le=3600)
     auth_token: str | None = None
+    # Server secret from which each device's own token is derived (Xiaozhi
+    # boards, EchoKit boards; services/gateway/core/device_tokens.py); None:
+    # derived from auth_token; neither: devices are not asked for one
+    # (loopback only, see start()).
+    device_secret: str | None = None
+    # Origins (scheme://host[:port]) whose pages may open a WebSocket here;
+    # the page's own origin (Origin matching Host) always may, and requests
+    # without an Origin (devices, the CLI) are not browser pages. "*": any.
+    allowed_origins: list[str] = []
+    # TLS for the WebSocket (and OTA HTTP) and gRPC ports: PEM paths.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Plain HTTP beside the WebSocket port, for what needs POST (Xiaozhi OTA);
     # 0 picks a free port.
     http_port: int = Field(8081, ge=0, le=65535)

@@ -10,3 +10,8 @@ class ProviderError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class StartRefused(Exception):
+    """A service will not start as configured (say, reachable from other
+    machines without credentials); the message says what to set."""

@@ -14,10 +14,11 @@ class HealthServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
-    async def start(self, port: int, host: str = "0.0.0.0") -> int:
+    async def start(self, port: int, host: str = "127.0.0.1") -> int:
         self._server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self._server.add_insecure_port(address)
         await self._server.start()
         await self.set_serving(False)
         return self.port

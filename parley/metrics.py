@@ -84,7 +84,7 @@ AUDIO_THROTTLED = Counter(
 )
 
 
-def start_metrics_server(port: int) -> int:
-    """Serve /metrics on the port (0 picks one); returns the port bound."""
-    server, _thread = start_http_server(port)
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
+    """Serve /metrics on host:port (0 picks one); returns the port bound."""
+    server, _thread = start_http_server(port, addr=host)
     return int(server.server_address[1])

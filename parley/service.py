@@ -14,6 +14,7 @@ from typing import ClassVar, Protocol
 
 from parley.bus import Bus, now_ms, session_subject, split_session_subject
 from parley.config import ParleySettings, StageSettings, load_settings_or_exit
+from parley.errors import StartRefused
 from parley.health import HealthServer
 from parley.load import LoadMeter
 from parley.logs import setup_logging
@@ -125,7 +126,8 @@ async def run_service(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    port = start_metrics_server(metrics_port(settings))
+    # The section's own host (gateway.host, <stage>.host): loopback unless told.
+    port = start_metrics_server(metrics_port(settings), getattr(settings, name).host)
     bus = await Bus.connect(settings.nats, name)
     bus.on_decode_error = _report_decode_error(bus, name)
     service = make(settings, bus)
@@ -158,7 +160,7 @@ class StageService:
         self.placement: PlacementServer | None = None
 
     async def start(self) -> str:
-        health_port = await self.health.start(self.settings.health_port)
+        health_port = await self.health.start(self.settings.health_port, self.settings.host)
         await self.stage.load()
         await self.stage.start()
         if self.placed:
@@ -201,6 +203,6 @@ def run(
         asyncio.run(run_service(name, metrics_port, make))
     except KeyboardInterrupt:
         pass
-    except StateUnavailable as exc:  # no JetStream: say what to do, no traceback
+    except (StateUnavailable, StartRefused) as exc:  # say what to do, no traceback
         log.error("%s cannot start: %s", name, exc)
         raise SystemExit(2) from None

@@ -15,12 +15,19 @@ from websockets.http11 import Request, Response
 
 from parley.bus import Bus
 from parley.config import ParleySettings
+from parley.errors import StartRefused
 from parley.service import Service, run
 from services.gateway.core.placement import PlacementClient
 from services.gateway.core.registry import SessionRegistry
 from services.gateway.protocols.browser import page as web_page
 from services.gateway.protocols.echokit.endpoint import EchoKitEndpoint
-from services.gateway.protocols.endpoint import WsEndpoint
+from services.gateway.protocols.endpoint import (
+    WsEndpoint,
+    is_loopback,
+    origin_allowed,
+    refuse,
+    server_tls,
+)
 from services.gateway.protocols.grpc.api import start_grpc_server, stop_grpc_server
 from services.gateway.protocols.parley_ws.endpoint import ParleyEndpoint
 from services.gateway.protocols.realtime.endpoint import RealtimeEndpoint
@@ -28,6 +35,22 @@ from services.gateway.protocols.xiaozhi.endpoint import XiaozhiEndpoint
 from services.gateway.protocols.xiaozhi.ota import start_http_server
 
 log = logging.getLogger("parley.gateway")
+
+
+def check_secure(settings: ParleySettings) -> None:
+    """Reachable from other machines means anyone there may talk to the
+    agent, hear it, and call its tools: refuse to start without a token.
+    Refusing rather than generating one: a generated token printed on a
+    container's stdout ends up in log collectors, and an operator who binds
+    0.0.0.0 on purpose can set one (Kubernetes gives it from parley-secrets)."""
+    g = settings.gateway
+    if not is_loopback(g.host) and not g.auth_token:
+        raise StartRefused(
+            f"gateway.host is {g.host!r} (reachable from other machines) and "
+            "gateway.auth_token is not set: set one (e.g. PARLEY_GATEWAY__AUTH_TOKEN="
+            "\"$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\"), "
+            "or bind 127.0.0.1 (docs/security.md)"
+        )
 
 
 def endpoints(settings: ParleySettings) -> list[WsEndpoint]:
@@ -59,20 +82,24 @@ class Gateway:
         self.port = 0
 
     async def start(self) -> str:
+        check_secure(self.settings)
         await self.placement.start()
         g = self.settings.gateway
+        tls = server_tls(self.settings)
         self.server = await serve(
             self.handle,
             g.host,
             g.port,
             max_size=g.max_message_bytes,
             process_request=self.process_request,
+            ssl=tls,
         )
         self.port = int(self.server.sockets[0].getsockname()[1])
         self.grpc_server, self.grpc_port = await start_grpc_server(self, g.host, g.grpc_port)
-        self.http_runner, self.http_port = await start_http_server(self.settings, self.port)
+        self.http_runner, self.http_port = await start_http_server(self.settings, self.port, tls)
+        scheme = "wss" if tls else "ws"
         return (
-            f"ws://{g.host}:{self.port}/v1/ws http=:{self.http_port} (xiaozhi OTA) "
+            f"{scheme}://{g.host}:{self.port}/v1/ws http=:{self.http_port} (xiaozhi OTA) "
             f"grpc=:{self.grpc_port}"
         )
 
@@ -93,6 +120,11 @@ class Gateway:
             return connection.respond(http.HTTPStatus.NOT_FOUND, f"no endpoint at {url.path}\n")
         if self.draining:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+        # Before any token: a page elsewhere in the user's browser must not
+        # drive a gateway on localhost or the LAN (it cannot read the
+        # answer's headers, but a WebSocket is not bound by CORS).
+        if not origin_allowed(request.headers, self.settings.gateway.allowed_origins):
+            return refuse(connection, http.HTTPStatus.FORBIDDEN, "origin not allowed")
         refusal = endpoint.authorize(connection, request)
         if refusal is not None:
             return refusal

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,7 +43,15 @@ class GrpcServer:
     async def start(self, host: str, port: int) -> int:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            bound = self.server.add_insecure_port(address)
+            g = self.gateway.settings.gateway
+            if g.tls_cert:
+                # The same certificate as the WebSocket port (gateway.tls_cert).
+                cert = await asyncio.to_thread(Path(g.tls_cert).read_bytes)
+                key = await asyncio.to_thread(Path(g.tls_key or g.tls_cert).read_bytes)
+                credentials = grpc.ssl_server_credentials([(key, cert)])
+                bound = self.server.add_secure_port(address, credentials)
+            else:
+                bound = self.server.add_insecure_port(address)
         except RuntimeError:  # grpc's word for a port in use
             bound = 0
         if not bound:

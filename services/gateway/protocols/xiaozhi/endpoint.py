@@ -14,7 +14,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from parley.config import ParleySettings
-from services.gateway.protocols.endpoint import GatewayHost, refuse
+from services.gateway.protocols.endpoint import (
+    GatewayHost,
+    device_secret,
+    device_token,
+    refuse,
+    token_matches,
+)
 from services.gateway.protocols.xiaozhi import framing
 from services.gateway.protocols.xiaozhi.connection import XiaozhiConnection
 from services.gateway.protocols.xiaozhi.hello import DeviceInfo
@@ -27,17 +33,29 @@ class XiaozhiEndpoint:
 
     def __init__(self, settings: ParleySettings) -> None:
         self.cfg = settings.gateway.xiaozhi
+        self.secret = device_secret(settings)
 
     def matches(self, path: str) -> bool:
         return path.rstrip("/") == XIAOZHI_PATH
 
+    def token_ok(self, info: DeviceInfo) -> bool:
+        """This board's own token (what the OTA gave it), or the hand-set
+        shared xiaozhi.auth_token; nothing asked when neither is configured."""
+        if self.secret is None and not self.cfg.auth_token:
+            return True
+        if self.secret is not None and token_matches(
+            info.token, device_token(self.secret, "xiaozhi", info.device_id)
+        ):
+            return True
+        return bool(self.cfg.auth_token) and token_matches(info.token, self.cfg.auth_token or "")
+
     def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         info = DeviceInfo.from_request(request)
         cfg = self.cfg
-        if cfg.auth_token and info.token != cfg.auth_token:
-            return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong token")
         if not info.device_id:
             return refuse(connection, http.HTTPStatus.BAD_REQUEST, "missing Device-Id")
+        if not self.token_ok(info):
+            return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong token")
         if info.version not in framing.VERSIONS:
             return refuse(
                 connection,

@@ -6,6 +6,7 @@ port, since the WebSocket server speaks only GET."""
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from aiohttp import web
 from parley import json_input
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
+from services.gateway.protocols.endpoint import device_secret, device_token
 
 log = logging.getLogger("parley.gateway.xiaozhi")
 
@@ -40,6 +42,7 @@ class OtaHandler:
         self.settings = settings
         self.cfg = settings.gateway.xiaozhi
         self.ws_port = ws_port
+        self.secret = device_secret(settings)
 
     async def __call__(self, request: web.Request) -> web.Response:
         device_id = request.headers.get("Device-Id") or request.query.get("device-id", "")
@@ -80,7 +83,11 @@ class OtaHandler:
                 "firmware": {"version": version, "url": ""},
                 "websocket": {
                     "url": self._websocket_url(request),
-                    "token": self.cfg.auth_token or "",
+                    # This board's own token, never a shared one: a token
+                    # read off one board opens no other board's session.
+                    "token": (
+                        device_token(self.secret, "xiaozhi", device_id) if self.secret else ""
+                    ),
                     "version": self.cfg.protocol_version,
                 },
             }
@@ -93,7 +100,9 @@ class OtaHandler:
         return f"ws://{host}:{self.ws_port}/xiaozhi/v1/"
 
 
-async def start_http_server(settings: ParleySettings, ws_port: int) -> tuple[web.AppRunner, int]:
+async def start_http_server(
+    settings: ParleySettings, ws_port: int, tls: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
     """The plain HTTP side of the gateway; (runner, bound port)."""
     app = web.Application(client_max_size=64 * 1024)
     handler = OtaHandler(settings, ws_port)
@@ -103,7 +112,7 @@ async def start_http_server(settings: ParleySettings, ws_port: int) -> tuple[web
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     g = settings.gateway
-    site = web.TCPSite(runner, g.host, g.http_port)
+    site = web.TCPSite(runner, g.host, g.http_port, ssl_context=tls)
     await site.start()
     server = site._server  # aiohttp exposes the bound port only here
     port = int(server.sockets[0].getsockname()[1]) if server and server.sockets else g.http_port  # type: ignore[attr-defined]
