@@ -31,6 +31,7 @@ async def test_load_ramp_at_n2_over_both_protocols(stack: Stack, tmp_path: Path)
     cfg = LoadConfig(
         ns=(2,),
         turns=2,
+        min_step_turns=0,
         protocols=("parley", "xiaozhi"),
         voices=("piper", "espeak:en-us"),
         barge_in=1.0,  # each device's first answer is spoken over

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--turns", type=int, default=3, help="questions per device (default 3)")
     parser.add_argument(
+        "--min-step-turns",
+        type=int,
+        default=12,
+        help="a step of few devices gives each more turns, up to this many in all (default 12)",
+    )
+    parser.add_argument(
         "--protocols", type=_names, default=PROTOCOLS, help="parley,xiaozhi (taken in turn)"
     )
     parser.add_argument(
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode,
         ns=args.n or (DENSITY_N if args.mode == "density" else PIPELINE_N),
         turns=args.turns,
+        min_step_turns=args.min_step_turns,
         protocols=args.protocols,
         voices=args.voices,
         barge_in=args.barge_in,

@@ -57,6 +57,16 @@ def _stage_cpu(step: dict[str, Any]) -> dict[str, float]:
     return {name: stages[name]["cpu_percent"] for name in STAGE_ORDER if name in stages}
 
 
+def others_cpu(resources: dict[str, Any]) -> float:
+    """CPU (percent of one core) that processes outside the stack and the
+    harness took over a step: the machine is shared, and what they take the
+    stack cannot have."""
+    machine = resources["machine"]
+    everyone = machine["busy_percent"] * machine["cores"]
+    ours = sum(s["cpu_percent"] for s in resources["stages"].values())
+    return round(max(everyone - ours, 0.0), 1)
+
+
 # --- pipeline ----------------------------------------------------------------------
 def step_line(step: dict[str, Any]) -> str:
     fa, o = step["first_audio_ms"], step["outcomes"]
@@ -104,13 +114,14 @@ def pipeline_markdown(rep: dict[str, Any]) -> str:
         f"{rep['machine']['cores']} cores (shared: see the load average); {rep['seconds']:.0f} s.",
         "",
         "First audio: from the true end of the device's speech (the last voiced frame sent) "
-        "to the first answer audio at the device. CPU: percent of one core over the step.",
+        "to the first answer audio at the device. CPU: percent of one core over the step; "
+        "others: what processes outside the stack and the harness took meanwhile.",
         "",
         "| N | turns | ok | cut | failed | refused | first audio p50 | p95 | p99 (ms) "
         "| worst session / median | dropped frames | "
         + " | ".join(f"{s} CPU" for s in stages)
-        + " | load avg |",
-        "|" + "---|" * (12 + len(stages)),
+        + " | others CPU | load avg |",
+        "|" + "---|" * (13 + len(stages)),
     ]
     for st in steps:
         o, fa, fair = st["outcomes"], st["first_audio_ms"], st["fairness"]
@@ -124,7 +135,7 @@ def pipeline_markdown(rep: dict[str, Any]) -> str:
             f"| {o['refused']} | {_ms(fa, 'p50')} | {_ms(fa, 'p95')} | {_ms(fa, 'p99')} "
             f"| {ratio if ratio is not None else '-'} | {res['dropped_frames_total']:.0f} | "
             + " | ".join(cpu)
-            + f" | {res['machine']['load_average_start'][0]:.1f} → "
+            + f" | {others_cpu(res):.0f}% | {res['machine']['load_average_start'][0]:.1f} → "
             f"{res['machine']['load_average_end'][0]:.1f} |"
         )
     ratios = rep["ratios"]
@@ -332,8 +343,8 @@ def density_markdown(rep: dict[str, Any]) -> str:
         lines += [f"No step held p95 ≤ {head['target_p95_ms']:g} ms.", ""]
     lines += [
         "| sessions | p50 | p95 | p99 (ms) | decisions | within target | gateway CPU | vad CPU "
-        "| sessions per core | harness lag p95 (ms) | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sessions per core | harness lag p95 (ms) | others CPU | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for st in rep["steps"]:
         d, res = st["decision_latency_ms"], st["resources"]
@@ -344,7 +355,7 @@ def density_markdown(rep: dict[str, Any]) -> str:
             f"| {stages.get('gateway', {}).get('cpu_percent', 0):.0f}% "
             f"| {stages.get('vad', {}).get('cpu_percent', 0):.0f}% "
             f"| {st['sessions_per_core'] if st['sessions_per_core'] is not None else '-'} "
-            f"| {res['harness_loop_lag_ms'].get('p95', '-')} "
+            f"| {res['harness_loop_lag_ms'].get('p95', '-')} | {others_cpu(res):.0f}% "
             f"| {res['machine']['load_average_start'][0]:.1f} → "
             f"{res['machine']['load_average_end'][0]:.1f} |"
         )

@@ -57,6 +57,8 @@ class LoadConfig:
     mode: str = "pipeline"  # or "density"
     ns: tuple[int, ...] = PIPELINE_N
     turns: int = 3
+    # Small steps get more turns per device, so their p95 is not one turn's.
+    min_step_turns: int = 12
     protocols: tuple[str, ...] = PROTOCOLS
     voices: tuple[str, ...] = DEFAULT_VOICES
     barge_in: float = 0.25  # share of the turns that can be spoken over
@@ -75,8 +77,8 @@ class LoadConfig:
             raise ValueError(f"mode must be pipeline or density, not {self.mode!r}")
         if not self.ns or any(n < 1 or n > 256 for n in self.ns):
             raise ValueError(f"every N must be 1-256, got {self.ns}")
-        if self.turns < 1:
-            raise ValueError("turns must be at least 1")
+        if self.turns < 1 or self.min_step_turns < 0:
+            raise ValueError("turns must be at least 1, min_step_turns at least 0")
         unknown = set(self.protocols) - set(PROTOCOLS)
         if not self.protocols or unknown:
             raise ValueError(f"protocols must be among {PROTOCOLS}, got {self.protocols}")
@@ -131,16 +133,19 @@ def plan_devices(n: int, cfg: LoadConfig, rng: random.Random) -> list[DevicePlan
     """N devices: protocols and voices taken in turn (device i speaks
     protocols[i % P] in voices[i % V], so both vary), questions drawn at
     random, start times spread over stagger_s, and barge-ins spread evenly
-    over the turns that have a next question to barge in with."""
+    over the turns that have a next question to barge in with. Each device
+    asks cfg.turns questions, more where N is small, up to min_step_turns
+    in the step."""
     plans = []
     eligible = 0
+    count = max(cfg.turns, math.ceil(cfg.min_step_turns / n))
     for i in range(n):
-        drawn = rng.sample(QUESTIONS, k=min(cfg.turns, len(QUESTIONS)))
-        questions = [drawn[j % len(drawn)] for j in range(cfg.turns)]
+        drawn = rng.sample(QUESTIONS, k=min(count, len(QUESTIONS)))
+        questions = [drawn[j % len(drawn)] for j in range(count)]
         turns = []
         for j, question in enumerate(questions):
             barge = None
-            if j < cfg.turns - 1:
+            if j < count - 1:
                 eligible += 1
                 if math.floor(eligible * cfg.barge_in) > math.floor((eligible - 1) * cfg.barge_in):
                     barge = round(rng.uniform(0.3, 1.0), 2)
@@ -306,7 +311,8 @@ async def run_pipeline(cfg: LoadConfig, stack: Stack | None = None) -> dict[str,
             if time.monotonic() + plan_bound_s(plans[n], cfg) > deadline:
                 skipped.append(n)
                 continue
-            print(f"load: N={n}, {n * cfg.turns} turns ...", flush=True)
+            turns = sum(len(p.turns) for p in plans[n])
+            print(f"load: N={n}, {turns} turns ...", flush=True)
             records, seen = await measured(watch, run_devices(plans[n], clips, watch.target, cfg))
             step = {"n": n, **summarize_turns(records), "resources": seen, "per_turn": records}
             steps.append(step)

@@ -63,6 +63,9 @@ def test_plans_take_protocols_and_voices_in_turn_and_spread_barge_ins() -> None:
     assert sum(barged) == 4
     assert all(p.turns[-1].barge_after_s is None for p in plans)
     assert all(len({t.question for t in p.turns}) == 3 for p in plans)
+    # One device alone asks more, so the step's p95 is not its one worst turn.
+    (alone,) = plan_devices(1, cfg, random.Random(1))
+    assert len(alone.turns) == cfg.min_step_turns == 12
 
 
 def record(device: str, ms: float | None, outcome: str = "ok", **more: Any) -> dict[str, Any]:
