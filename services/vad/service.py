@@ -52,6 +52,10 @@ class VadSession(StageSession):
         self.segmenter = Segmenter(self._segmenter_config(), WINDOW_MS)
         self.turn_id = 0
         self._next_stats_ms = 0.0
+        # The segmenter counts from the stream offset of the first chunk it
+        # hears: a session taken over mid-stream (its vad died) must report
+        # the offsets asr slices its audio by, not offsets from 0.
+        self._positioned = False
 
     def _segmenter_config(self) -> SegmenterConfig:
         d: VadSettings = self.vad_stage.settings.vad
@@ -70,6 +74,8 @@ class VadSession(StageSession):
         )
 
     async def start(self) -> None:
+        # Taken over: turn ids go on from the last one the gateway saw.
+        self.turn_id = self.last_turn_id
         await super().start()
         await self.subscribe("audio.in", audio_pb2.AudioChunk, self._on_audio)
         await self.subscribe("asr", asr_pb2.Transcript, self._on_transcript)
@@ -103,6 +109,9 @@ class VadSession(StageSession):
                 f"and {len(chunk.pcm)} bytes",
             )
             return
+        if not self._positioned:
+            self._positioned = True
+            self.segmenter.position_ms = self._next_stats_ms = chunk.offset_ms
         loop = asyncio.get_running_loop()
         with self.vad_stage.meter.step():
             windows = await loop.run_in_executor(

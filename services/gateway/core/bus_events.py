@@ -65,6 +65,9 @@ class BusEvents:
         self.trace = trace
         self.arrivals = arrivals
         self.turns: dict[int, TurnTimeline] = {}
+        # The latest user turn the vad announced (placement hands it to a new
+        # vad owner, so turn ids go on rising).
+        self.last_turn_id = 0
 
     def timeline(self, turn_id: int) -> TurnTimeline:
         timeline = self.turns.get(turn_id)
@@ -81,6 +84,7 @@ class BusEvents:
     async def on_vad(self, msg: vad_pb2.VadEvent) -> None:
         kind = msg.WhichOneof("event")
         turn_id = msg.meta.turn_id
+        self.last_turn_id = max(self.last_turn_id, turn_id)
         if kind == "voice_onset":
             if msg.voice_onset.dropped:
                 self.interruption.voice_dropped()

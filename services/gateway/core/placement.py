@@ -135,7 +135,17 @@ class Placement:
     placed_at: dict[str, float] = field(default_factory=dict)
     # Told when a stage cannot be placed (again): (stage, message).
     on_error: Callable[[str, str], Awaitable[None]] | None = None
+    # Told when a stage's owner is found gone, before it is placed again:
+    # (stage, instance id); the session ends what that owner had in flight.
+    on_owner_lost: Callable[[str, str], Awaitable[None]] | None = None
+    # The last user turn the gateway saw: a new vad owner numbers on from it.
+    last_turn_id: Callable[[], int] = lambda: 0
     reported_missing: set[str] = field(default_factory=set)
+    # Stages whose placement is under way: the watcher (or a Release) must not
+    # place them a second time meanwhile, or two instances would own the
+    # stage (measured: with 0.25 s heartbeats a watcher tick often fell
+    # inside a session's first placement, and two vads made every turn twice).
+    placing: set[str] = field(default_factory=set)
 
 
 class PlacementClient:
@@ -192,10 +202,14 @@ class PlacementClient:
         stages that could not be placed. The watcher keeps retrying those."""
         self.placements[placement.session_id] = placement
         targets = self._admit(placement)
-        results = await asyncio.gather(
-            *(self._place(placement, stage, targets[stage]) for stage in PLACED_STAGES),
-            return_exceptions=True,
-        )
+        placement.placing.update(PLACED_STAGES)
+        try:
+            results = await asyncio.gather(
+                *(self._place(placement, stage, targets[stage]) for stage in PLACED_STAGES),
+                return_exceptions=True,
+            )
+        finally:
+            placement.placing.difference_update(PLACED_STAGES)
         failures: list[PlacementError] = []
         for result in results:
             if isinstance(result, PlacementError):
@@ -242,6 +256,7 @@ class PlacementClient:
         request = placement_pb2.PlaceRequest(
             session_id=placement.session_id,
             settings=placement.settings,
+            last_turn_id=placement.last_turn_id(),
         )
         last_error = "no reply"
         refused: set[str] = set()  # instances that said no (full, draining, gone)
@@ -335,12 +350,17 @@ class PlacementClient:
             await self._replace(placement, release.stage)
 
     async def _replace(self, placement: Placement, stage: str) -> None:
+        if stage in placement.placing:
+            return
+        placement.placing.add(stage)
         try:
             await self._place(placement, stage)
         except PlacementError as exc:
             if stage not in placement.reported_missing and placement.on_error is not None:
                 placement.reported_missing.add(stage)
                 await placement.on_error(stage, str(exc))
+        finally:
+            placement.placing.discard(stage)
 
     async def _watch(self) -> None:
         """Place again what lost its owner, and retry what could not be placed.
@@ -373,5 +393,7 @@ class PlacementClient:
             lost = seen < horizon or (now > grace and placement.session_id not in sessions)
             if lost:
                 log.warning("%s owner %s is gone, placing again", stage, owner)
+                if placement.on_owner_lost is not None:
+                    await placement.on_owner_lost(stage, owner)
                 placement.owners.pop(stage, None)
                 await self._replace(placement, stage)

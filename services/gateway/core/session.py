@@ -45,7 +45,7 @@ from services.gateway.core.client_tools import ClientToolRelay, ClientTools
 from services.gateway.core.interruption import BargeInPolicy, Interruption, parse_backchannels
 from services.gateway.core.placement import Placement, PlacementClient, PlacementError
 from services.gateway.core.playback import Playback
-from services.gateway.core.responses import Responses
+from services.gateway.core.responses import Response, Responses
 from services.gateway.core.settings import check_sample_rate, settings_in_force
 from services.gateway.core.sink import ClientSink
 from services.gateway.core.turn_trace import TurnTrace
@@ -161,7 +161,13 @@ class GatewaySession:
         self._subs.add(*await self.client_tools.subscribe())
         self.playback.start()
         ACTIVE_SESSIONS.labels("gateway").inc()
-        placement = Placement(self.session_id, self.settings, on_error=self._on_placement_error)
+        placement = Placement(
+            self.session_id,
+            self.settings,
+            on_error=self._on_placement_error,
+            on_owner_lost=self._on_owner_lost,
+            last_turn_id=lambda: self.bus_events.last_turn_id,
+        )
         with tracer.start_as_current_span("gateway.place_session"):
             failures = await self.placement_client.place_session(placement)
         log.info("session opened (%s)", self.protocol)
@@ -170,6 +176,31 @@ class GatewaySession:
     async def report_placement(self, failures: list[PlacementError]) -> None:
         for failure in failures:
             await self._on_placement_error(failure.stage, str(failure))
+
+    async def _on_owner_lost(self, stage: str, owner: str) -> None:
+        """A stage's owner is gone (it missed its heartbeats) and is being
+        replaced. An answer its llm was still writing would never end, and a
+        half-duplex session would dismiss every later turn as spoken over the
+        agent: it ends here, failed, with a stage_failed error to say why."""
+        if stage != "llm":
+            return
+        resp = self.responses.live_current()
+        if resp is None or resp.text_done:
+            return  # nothing in flight, or only its audio (tts is alive)
+        ERRORS.labels("gateway", "stage_failed").inc()
+        log.warning("response %s lost with its llm owner %s", resp.response_id, owner)
+        await self.sink.send_event(
+            ev.Error(
+                "llm",
+                "stage_failed",
+                "the llm instance writing this answer stopped; the conversation goes on "
+                "on another one: ask again",
+                True,
+                resp.turn_id,
+                resp.response_id,
+            )
+        )
+        await self._end_answer(resp, "stage_failed", ev.Status.FAILED)
 
     async def _on_placement_error(self, stage: str, message: str) -> None:
         ERRORS.labels("gateway", "stage_unavailable").inc()
@@ -366,6 +397,12 @@ class GatewaySession:
             return
         resp = self.responses.live_current()
         assert resp is not None
+        INTERRUPTS.labels("gateway").inc()
+        await self._end_answer(resp, reason, ev.Status.CANCELLED)
+
+    async def _end_answer(self, resp: Response, reason: str, status: ev.Status) -> None:
+        """End an answer here (cut, or lost with its llm): its queued audio
+        dropped, the client and every stage told, what was heard kept."""
         rid = resp.response_id
         played = self.playback.played_ms(rid)
         heard = resp.heard(played)
@@ -374,8 +411,7 @@ class GatewaySession:
         self.trace.drop_audio_out(rid)
         if resp.turn_id:
             self.trace.end(resp.turn_id)
-        INTERRUPTS.labels("gateway").inc()
-        log.info("response %s interrupted (%s) after %.0f ms played", rid, reason, played)
+        log.info("response %s ended (%s) after %.0f ms played", rid, reason, played)
         await self._control(
             control_pb2.Control(
                 interrupt=control_pb2.Interrupt(
@@ -387,7 +423,7 @@ class GatewaySession:
         await self.sink.on_playback_finished(rid, played, True)
         if resp.tts_started:
             await self.sink.send_event(ev.TtsEnded(rid, ev.Status.CANCELLED))
-        await self.sink.send_event(ev.ResponseEnded(rid, ev.Status.CANCELLED, heard))
+        await self.sink.send_event(ev.ResponseEnded(rid, status, heard))
 
     # --- playback callbacks -----------------------------------------------------
     async def _send_audio(self, pcm: bytes) -> None:
