@@ -293,6 +293,15 @@ def density_report(
     passing = [s for s in steps if s["within_target"]]
     best = max(passing, key=lambda s: s["n"]) if passing else None
     headline: dict[str, Any] = {"target_p95_ms": cfg.target_ms}
+    if steps:
+        # What the CPU alone would allow, whatever the latency: the cost per
+        # session at the largest N, where the fixed overhead weighs least.
+        largest = max(steps, key=lambda s: s["n"])
+        headline["cpu_bound"] = {
+            "sessions": largest["n"],
+            "gateway_vad_cores": largest["gateway_vad_cores"],
+            "sessions_per_core": largest["sessions_per_core"],
+        }
     if best is not None:
         headline.update(
             sessions=best["n"],
@@ -341,6 +350,14 @@ def density_markdown(rep: dict[str, Any]) -> str:
         ]
     else:
         lines += [f"No step held p95 ≤ {head['target_p95_ms']:g} ms.", ""]
+    bound = head.get("cpu_bound")
+    if bound and bound["sessions_per_core"] is not None:
+        lines += [
+            f"CPU alone: at {bound['sessions']} sessions gateway + vad used "
+            f"{bound['gateway_vad_cores']:.2f} cores, {bound['sessions_per_core']} sessions per "
+            "core were the latency to hold (on a machine of its own).",
+            "",
+        ]
     lines += [
         "| sessions | p50 | p95 | p99 (ms) | decisions | within target | gateway CPU | vad CPU "
         "| sessions per core | harness lag p95 (ms) | others CPU | load avg |",
