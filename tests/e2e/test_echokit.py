@@ -28,8 +28,10 @@ from parley.config import EchoKitSettings
 from services.gateway.core.errors import ClientError
 from services.gateway.protocols.echokit import wire
 from services.gateway.protocols.echokit.hello import load_hello
+from services.gateway.protocols.endpoint import device_secret, device_token
 from services.gateway.protocols.opus_codec import DECODED_RATE, OpusDecoder
 from tests.e2e.harness import REPO, Stack, start_stack
+from tests.e2e.test_grpc_converse import local_gateway
 from tests.support.speech import synthesize_speech, with_silence
 
 Transcribe = Callable[[bytes, int], Awaitable[str]]
@@ -109,9 +111,23 @@ class Board:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, port: int, device_id: str, **flags: bool) -> Board:
-        query = urlencode({k: "true" if v else "false" for k, v in flags.items()})
+    async def connect(
+        cls,
+        port: int,
+        device_id: str,
+        *,
+        token: str | None = None,
+        local_addr: tuple[str, int] | None = None,
+        **flags: bool,
+    ) -> Board:
+        """`token`: the board's own (?token=); `local_addr`: connect from
+        another loopback address, as another machine would."""
+        params: dict[str, str] = {k: "true" if v else "false" for k, v in flags.items()}
+        if token is not None:
+            params["token"] = token
+        query = urlencode(params)
         url = f"ws://127.0.0.1:{port}/ws/{device_id}" + (f"?{query}" if query else "")
+        extra: dict[str, Any] = {"local_addr": local_addr} if local_addr else {}
         ws = await connect(
             url,
             compression=None,
@@ -120,6 +136,7 @@ class Board:
                 "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"
             },
             max_size=None,
+            **extra,
         )
         assert ws.response is not None
         assert "Sec-WebSocket-Extensions" not in ws.response.headers
@@ -519,3 +536,42 @@ async def test_end_of_speech_to_first_audio(echokit_stack: Stack) -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nechokit end of speech -> first audio: median {median:.0f} ms, turns {latencies}")
     assert len(latencies) == 5
+
+
+@pytest.mark.slow
+async def test_takeover_without_the_device_token_is_refused(echokit_stack: Stack) -> None:
+    # A gateway with a device secret (as any gateway with an auth token has):
+    # an id alone, from another address, takes over nothing.
+    async with local_gateway(
+        echokit_stack, device_secret="test-device-secret", echokit={"send_hello": False}
+    ) as gw:
+        port = gw.port
+        victim = await Board.connect(port, "kit-victim", stream_asr=True)
+        neighbour = ("127.0.0.2", 0)
+        try:
+            for flags in ({"reconnect": True}, {}):
+                intruder = await Board.connect(port, "kit-victim", local_addr=neighbour, **flags)
+                await intruder.closed()
+                assert intruder.ws.close_code == 1008, flags
+            with pytest.raises(InvalidStatus) as refused:
+                await Board.connect(port, "kit-victim", token="guess", local_addr=neighbour)
+            assert refused.value.response.status_code == 401
+            # The board itself was never disturbed.
+            await victim.command("Text", input="What is two plus two?")
+            await victim.wait_for("EndResponse", timeout=90)
+
+            # Its own token resumes it from anywhere.
+            secret = device_secret(gw.settings)
+            assert secret is not None
+            token = device_token(secret, "echokit", "kit-victim")
+            owner = await Board.connect(
+                port, "kit-victim", token=token, local_addr=neighbour, reconnect=True
+            )
+            try:
+                await victim.closed()
+                await owner.command("Text", input="And three plus three?")
+                await owner.wait_for("EndResponse", timeout=90)
+            finally:
+                await owner.close()
+        finally:
+            await victim.close()

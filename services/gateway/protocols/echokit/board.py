@@ -81,6 +81,11 @@ class _Answer:
     watchdog: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
+def remote_ip(link: Link) -> str:
+    peer = link.ws.remote_address
+    return str(peer[0]) if peer else ""
+
+
 class Board(ClientSink):
     def __init__(self, device_id: str, settings: ParleySettings, link: Link) -> None:
         self.device_id = device_id
@@ -89,6 +94,8 @@ class Board(ClientSink):
         self.playback_lead_ms = settings.gateway.echokit.playback_lead_ms
         self.session: GatewaySession | None = None  # set once opened
         self.link: Link | None = link  # None while the board is away
+        # The address its connections come from (the endpoint's takeover rule).
+        self.address = remote_ip(link)
         self.ended = False  # the session is over (goodbye, or replaced)
         self.stream_asr = link.flags.stream_asr
         self.listening = False  # stream_asr: a StartChat opened the turn

@@ -25,14 +25,25 @@ from parley.tasks import TaskSet
 from services.gateway.core.errors import ClientError, ServerBusy
 from services.gateway.core.session import GatewaySession
 from services.gateway.protocols.echokit import wire
-from services.gateway.protocols.echokit.board import SAMPLE_RATE, Board, Link
+from services.gateway.protocols.echokit.board import SAMPLE_RATE, Board, Link, remote_ip
 from services.gateway.protocols.echokit.hello import load_hello
-from services.gateway.protocols.endpoint import BUSY_CLOSE_CODE, GatewayHost, check_token, refuse
+from services.gateway.protocols.endpoint import (
+    BUSY_CLOSE_CODE,
+    GatewayHost,
+    bearer_token,
+    device_secret,
+    device_token,
+    refuse,
+    token_matches,
+)
 
 log = logging.getLogger("parley.gateway.echokit")
 
 PREFIX = "/ws/"
 MAX_DEVICE_ID = 128
+# WebSocket 1008, "policy violation": a connection without the board's token
+# may not take over (or end) the session of a board that is connected.
+IN_USE_CLOSE_CODE = 1008
 
 
 def device_id_of(path: str) -> str | None:
@@ -52,6 +63,10 @@ def session_key(device_id: str) -> str:
     return f"echokit:{device_id}"
 
 
+class SessionInUse(Exception):
+    """A connection without the board's token found the board connected."""
+
+
 class EchoKitEndpoint:
     """/ws/{device_id}?reconnect=&opus=&vowel=&stream_asr= (all false by default)."""
 
@@ -60,6 +75,7 @@ class EchoKitEndpoint:
     def __init__(self, settings: ParleySettings) -> None:
         self.settings = settings
         self.cfg: EchoKitSettings = settings.gateway.echokit
+        self.secret = device_secret(settings)
         # Each open EchoKit session's board, by session id. Kept here, not
         # found through the session's sink: while the board is away the
         # registry gives the session a stand-in sink.
@@ -89,13 +105,39 @@ class EchoKitEndpoint:
         allowed = self.cfg.device_allowlist
         if allowed is not None and device_id not in allowed:
             return refuse(connection, http.HTTPStatus.FORBIDDEN, "device not allowed")
-        if (refused := check_token(connection, request, self.cfg.auth_token)) is not None:
-            return refused
+        given = bearer_token(request.headers, url.query)
+        asked = self.secret is not None or bool(self.cfg.auth_token)
+        if asked and given is not None and not self.token_proves(device_id or "", given):
+            return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "wrong token")
+        if self.cfg.auth_token and given is None:
+            return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing token")
         # The firmware offers permessage-deflate but its WebSocket library
         # rejects compressed frames (as the real server never sends them).
         if "Sec-WebSocket-Extensions" in request.headers:
             del request.headers["Sec-WebSocket-Extensions"]
         return None
+
+    def token_proves(self, device_id: str, given: str | None) -> bool:
+        """The board's own token (HMAC of its id, as Xiaozhi's), or the
+        shared echokit.auth_token for clients set up with one."""
+        if self.secret is not None and token_matches(
+            given, device_token(self.secret, "echokit", device_id)
+        ):
+            return True
+        return bool(self.cfg.auth_token) and token_matches(given, self.cfg.auth_token or "")
+
+    def may_take_over(self, request: Request, device_id: str) -> bool:
+        """Whether this connection may resume or replace the board's held
+        session. The firmware builds its URL itself and cannot carry a token,
+        so a board without one only ever gets a fresh conversation, and only
+        while no connection of that id is live: an id is a MAC, guessable,
+        and must not be enough to hear someone's history or end their chat.
+        With no device secret configured (a loopback-only gateway) ids alone
+        decide, as the firmware's own server does."""
+        if self.secret is None and not self.cfg.auth_token:
+            return True
+        given = bearer_token(request.headers, urlsplit(request.path).query)
+        return self.token_proves(device_id, given)
 
     async def serve(self, gateway: GatewayHost, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -104,10 +146,16 @@ class EchoKitEndpoint:
         assert device_id is not None  # matched already
         link = Link(ws, wire.parse_flags(url.query))
         try:
-            board = await self._attach(gateway, device_id, link)
+            board = await self._attach(
+                gateway, device_id, link, self.may_take_over(ws.request, device_id)
+            )
         except ServerBusy as exc:
             log.info("echokit %s refused: %s", device_id, exc)
             await ws.close(BUSY_CLOSE_CODE, "server busy, try again later")
+            return
+        except SessionInUse:
+            log.warning("echokit %s: takeover without the device token refused", device_id)
+            await ws.close(IN_USE_CLOSE_CODE, "device connected; resuming needs its token")
             return
         try:
             await board.serve(link)
@@ -133,16 +181,25 @@ class EchoKitEndpoint:
             return None
         return self.boards.get(session.session_id)
 
-    async def _attach(self, gateway: GatewayHost, device_id: str, link: Link) -> Board:
+    async def _attach(
+        self, gateway: GatewayHost, device_id: str, link: Link, proven: bool
+    ) -> Board:
         lock = self._lock(device_id)
         async with lock:
             board = self._board_of(gateway, device_id)
             if board is not None and board.session is not None:
                 session = board.session
                 session_id_var.set(session.session_id)
-                if link.flags.reconnect and not board.ended:
+                # The firmware barges in by reconnecting while its old
+                # connection is open, from its own address: that much is
+                # trusted without a token; another address is someone else.
+                trusted = proven or board.address == remote_ip(link)
+                if not trusted and board.link is not None and not board.ended:
+                    raise SessionInUse(device_id)
+                if link.flags.reconnect and not board.ended and trusted:
                     gateway.sessions.take_over(session, board)
                     await board.reattach(link)
+                    board.address = remote_ip(link)
                     log.info("echokit %s reconnected to session %s", device_id, session.session_id)
                     return board
                 await self._retire(gateway, board, "replaced by a new connection")
