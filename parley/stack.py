@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from parley.config import load_settings_or_exit
+from parley import bus_auth
+from parley.config import ParleySettings, load_settings_or_exit
 
 SERVICES = ("tools", "vad", "asr", "llm", "tts", "gateway")
 # Stopped in this order; NATS after all of them.
@@ -31,6 +34,63 @@ READY_TIMEOUT_S = 300.0
 # backstop before SIGKILL.
 STOP_TIMEOUT_S = 20.0
 NATS_STORE = Path("var") / "nats"
+# Generated once, kept across runs, readable by this user only.
+NATS_PASSWORDS = "passwords.json"
+NATS_CONFIG = "nats.conf"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Created 0600 (never readable by others, not even for an instant)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_CREAT
+
+
+def nats_passwords(store: Path) -> dict[str, str]:
+    """Each service's NATS password: generated on the first `parley up`,
+    read back on every later one (a new service gets its own added)."""
+    path = store / NATS_PASSWORDS
+    known: dict[str, str] = {}
+    if path.is_file():
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict):
+            known = {k: v for k, v in loaded.items() if isinstance(v, str) and v}
+    missing = [s for s in bus_auth.SERVICES if s not in known]
+    if missing or not path.is_file():
+        known.update({s: secrets.token_hex(24) for s in missing})
+        _write_private(path, json.dumps(known, indent=2) + "\n")
+    return known
+
+
+def write_nats_config(settings: ParleySettings, store: Path) -> tuple[Path, dict[str, str]]:
+    """var/nats/nats.conf (0600): the listener, the payload limit, JetStream,
+    and one user per service with only its subjects (parley/bus_auth.py);
+    (its path, the passwords)."""
+    store.mkdir(parents=True, exist_ok=True)
+    os.chmod(store, 0o700)
+    passwords = nats_passwords(store)
+    url = urlsplit(settings.nats.url)
+    listen = f"{url.hostname or '127.0.0.1'}:{url.port or 4222}"
+    text = (
+        "# Written by `parley up` from parley/bus_auth.py on every start; edits are lost.\n"
+        f"listen: {json.dumps(listen)}\n"
+        f"max_payload: {settings.nats.max_payload_bytes}\n"
+        # JetStream holds what must outlive a process (sessions, history).
+        f"jetstream {{\n  store_dir: {json.dumps(str(store.resolve()))}\n}}\n"
+        + bus_auth.authorization_block(passwords)
+    )
+    path = store / NATS_CONFIG
+    _write_private(path, text)
+    return path, passwords
+
+
+def service_credentials(service: str, passwords: dict[str, str]) -> dict[str, str]:
+    """The environment that makes a service connect as its own bus user."""
+    return {
+        "PARLEY_NATS__USER": bus_auth.user_of(service),
+        "PARLEY_NATS__PASSWORD": passwords[service],
+    }
 
 
 def nats_server_binary() -> str:
@@ -162,21 +222,15 @@ async def run_stack(config: str | None, embedded_nats: bool, replicas: dict[str,
         loop.add_signal_handler(sig, stop.set)
     code = 0
     try:
+        passwords: dict[str, str] | None = None
         if embedded_nats:
-            url = urlsplit(settings.nats.url)
-            NATS_STORE.mkdir(parents=True, exist_ok=True)
-            argv = [
-                nats_server_binary(),
-                "-a",
-                url.hostname or "127.0.0.1",
-                "-p",
-                str(url.port or 4222),
-                # JetStream holds what must outlive a process (sessions, history).
-                "-js",
-                "-sd",
-                str(NATS_STORE),
-            ]
-            _say(f"starting nats-server on {settings.nats.url} (JetStream in {NATS_STORE})")
+            # A closed bus: each service its own user, allowed its own subjects.
+            conf, passwords = write_nats_config(settings, NATS_STORE)
+            argv = [nats_server_binary(), "-c", str(conf)]
+            _say(
+                f"starting nats-server on {settings.nats.url} (JetStream in {NATS_STORE}, "
+                f"one user per service: {conf})"
+            )
             nats = await _start("nats", "nats", argv, env)
             await _wait_ready(nats)
         for service in SERVICES:
@@ -184,9 +238,10 @@ async def run_stack(config: str | None, embedded_nats: bool, replicas: dict[str,
                 name = service if index == 1 else f"{service}-{index}"
                 _say(f"starting {name}")
                 argv = [sys.executable, "-m", f"services.{service}"]
-                children.append(
-                    await _start(name, service, argv, _replica_env(env, service, index))
-                )
+                child_env = _replica_env(env, service, index)
+                if passwords is not None:
+                    child_env = {**child_env, **service_credentials(service, passwords)}
+                children.append(await _start(name, service, argv, child_env))
         await asyncio.gather(*(_wait_ready(c) for c in children))
         g = settings.gateway
         _say(f"Parley is ready: ws://{g.host}:{g.port}/v1/ws  (try: parley talk question.wav)")
