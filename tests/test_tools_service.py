@@ -256,3 +256,25 @@ async def test_closing_lets_calls_under_way_answer(logs: Path) -> None:
         await stage.close()
         reply = await pending
     assert reply.ok and reply.content == "rested"
+
+
+async def test_the_service_enforces_its_own_allow_list(nats_url: str, logs: Path) -> None:
+    # A second instance on the same bus would share the queue group: this one
+    # gets a bus of its own.
+    del nats_url
+    async with start_nats(logs / "allow") as (_, url):
+        env = {"PARLEY_NATS__URL": url, "PARLEY_TOOLS__ALLOW": '["get_current_*"]'}
+        async with running_service("tools", env, logs / "allow", timeout_s=READY_S):
+            bus = await Bus.connect(NatsSettings(url=url), "test")
+            try:
+                # Whatever the llm showed its model, or whoever publishes tools.call.
+                refused = await call(bus, "end_conversation")
+                assert not refused.ok
+                assert refused.error == "tool end_conversation is not allowed"
+                assert (await call(bus, "get_current_time", {"timezone": "UTC"})).ok
+                listing = await bus.request(
+                    TOOLS_LIST, tools_pb2.ToolListRequest(), tools_pb2.ToolListReply, timeout=10
+                )
+                assert [t.name for t in listing.tools] == ["get_current_time"]
+            finally:
+                await bus.close()

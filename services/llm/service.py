@@ -22,6 +22,7 @@ from parley.metrics import INTERRUPTS, STAGE_SECONDS
 from parley.service import Stage
 from parley.session import StageSession
 from parley.state import HISTORY, CasRecord, open_bucket
+from parley.tool_policy import allowed, refusal
 from parley.v1 import asr_pb2, common_pb2, control_pb2, llm_pb2, tools_pb2
 from services.llm.conversation import Conversation
 from services.llm.providers import make_chat_model
@@ -266,7 +267,6 @@ class LlmSession(StageSession):
         except Exception as exc:  # no tools is better than no answer
             log.warning("cannot list tools, answering without: %s", exc)
             return None
-        allow = set(cfg.tools_allow) if cfg.tools_allow is not None else None
         specs = [
             {
                 "type": "function",
@@ -277,7 +277,7 @@ class LlmSession(StageSession):
                 },
             }
             for t in reply.tools
-            if allow is None or t.name in allow
+            if allowed(t.name, cfg.tools_allow)
         ]
         self._tools_cache = (now, specs or None)
         return specs or None
@@ -289,6 +289,11 @@ class LlmSession(StageSession):
             "llm.tool_call",
             attributes={"parley.session_id": self.session_id, "parley.tool": call.name},
         ) as span:
+            if not allowed(call.name, self.llm.settings.llm.tools_allow):
+                # A tool the model was never shown (it made the name up, or
+                # an injected text named it): refused here too.
+                span.set_attribute("error", True)
+                return f"Error: {refusal(call.name)}"
             await self.publish_processing(f"calling {call.name}", turn_id, response_id)
             request = tools_pb2.ToolCallRequest(
                 session_id=self.session_id,

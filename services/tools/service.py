@@ -22,6 +22,7 @@ from parley.config import ParleySettings
 from parley.metrics import ERRORS, STAGE_SECONDS
 from parley.service import Stage
 from parley.tasks import TaskSet
+from parley.tool_policy import allowed, refusal
 from parley.v1 import tools_pb2
 from services.tools.builtin import builtin_registry
 from services.tools.mcp_hub import McpHub
@@ -94,11 +95,15 @@ class ToolsStage(Stage):
         return reply
 
     async def _list(self, request: tools_pb2.ToolListRequest) -> tools_pb2.ToolListReply:
-        reply = self._listing()
-        taken = {t.name for t in reply.tools}
+        listing = self._listing()
+        taken = {t.name for t in listing.tools}
         for tool in await self._client_tools(request.session_id):
             if tool.name not in taken:
-                reply.tools.append(tool)
+                listing.tools.append(tool)
+        # What would be refused is not offered.
+        allow = self.settings.tools.allow
+        reply = tools_pb2.ToolListReply()
+        reply.tools.extend(t for t in listing.tools if allowed(t.name, allow))
         return reply
 
     async def _client_tools(self, session_id: str) -> list[tools_pb2.Tool]:
@@ -162,6 +167,11 @@ class ToolsStage(Stage):
         ):
             timeout = self._timeout(request.timeout_s)
             try:
+                if not allowed(request.name, self.settings.tools.allow):
+                    # Whoever asked (anything that may publish tools.call).
+                    ERRORS.labels("tools", "tool_refused").inc()
+                    log.warning("tool call refused: %s is not in tools.allow", request.name)
+                    raise ToolError(refusal(request.name))
                 if request.name in self.registry.all():
                     reply.content = await self.registry.call(
                         request.name, request.arguments_json, timeout

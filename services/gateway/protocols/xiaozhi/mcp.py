@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from parley import json_input
+from parley.tool_policy import untrusted_description
 from parley.v1 import tools_pb2
 from services.gateway.core.errors import ClientToolError
 
@@ -164,7 +165,7 @@ def _tool_spec(raw: Any) -> tools_pb2.Tool | None:
         schema = {"type": "object", "properties": {}}
     return tools_pb2.Tool(
         name=exposed_name(raw["name"]),
-        description=str(raw.get("description") or raw["name"]),
+        description=untrusted_description(str(raw.get("description") or raw["name"])),
         parameters_json=json.dumps(schema),
     )
 
