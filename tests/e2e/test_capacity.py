@@ -6,6 +6,7 @@ held to real time without slowing anyone else down."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 import grpc
 import nats
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from parley.cli.client import GatewayError, ParleyClient
 from parley.v1 import gateway_pb2, placement_pb2
@@ -123,6 +125,73 @@ async def test_capacity_one_spreads_two_refuses_the_third_and_admits_after_one_e
         for client in clients:
             await client.close()
         await nc.close()
+
+
+async def attempt(url: str, first: str | None = None, headers: Any = None) -> tuple[str, Any]:
+    """Connect (and send `first`); ("503", body) for a refused upgrade,
+    ("open", (ws, messages)) when the connection is still up 3 s later (the
+    session was admitted), ("closed", (code, reason, messages)) otherwise."""
+    try:
+        ws = await connect(url, additional_headers=headers, max_size=None)
+    except InvalidStatus as exc:
+        assert exc.response.status_code == 503, exc
+        return "503", exc.response.body.decode(errors="replace")
+    messages: list[Any] = []
+    try:
+        if first is not None:
+            await ws.send(first)
+        async with asyncio.timeout(3.0):
+            async for message in ws:
+                messages.append(message)
+    except TimeoutError:
+        return "open", (ws, messages)
+    except ConnectionClosed:
+        pass  # a close other than 1000 ends the iteration so
+    return "closed", (ws.close_code, ws.close_reason, messages)
+
+
+async def test_every_protocol_refuses_in_its_own_way(twins_of_one: Stack) -> None:
+    """Three at once, capacity for two: the third is refused as its protocol
+    says (or, if the heartbeats said full before its upgrade, with 503)."""
+    port = twins_of_one.gateway_port
+    base = f"ws://127.0.0.1:{port}"
+    xiaozhi_hello = json.dumps({"type": "hello", "transport": "websocket"})
+
+    def xiaozhi_headers(i: int) -> dict[str, str]:
+        return {"Device-Id": f"aa:bb:cc:00:10:{i:02x}", "Client-Id": f"busy-{i}"}
+
+    protocols: dict[str, list[Any]] = {
+        "realtime": [(f"{base}/v1/realtime", None, None) for _ in range(3)],
+        "xiaozhi": [(f"{base}/xiaozhi/v1/", xiaozhi_hello, xiaozhi_headers(i)) for i in range(3)],
+        # Last: a board that goes keeps its session for a reconnect.
+        "echokit": [(f"{base}/ws/busy-board-{i}", None, None) for i in range(3)],
+    }
+    for name, tries in protocols.items():
+        await asyncio.sleep(1.0)  # the last round's sessions gone from the heartbeats
+        results = await asyncio.gather(*(attempt(*t) for t in tries))
+        kinds = sorted(kind for kind, _ in results)
+        try:
+            assert kinds.count("open") == 2, (name, results)
+            kind, detail = next(r for r in results if r[0] != "open")
+            print(f"{name}: refused with {kind}: {detail if kind == '503' else detail[:2]}")
+            if kind == "503":
+                assert "server_busy" in detail, (name, detail)
+                continue
+            code, reason, messages = detail
+            assert code == 1013, (name, detail)
+            texts = [json.loads(m) for m in messages if isinstance(m, str)]
+            if name == "realtime":
+                errors = [t for t in texts if t["type"] == "error"]
+                assert errors and errors[0]["error"]["code"] == "server_busy", texts
+            elif name == "xiaozhi":
+                alerts = [t for t in texts if t["type"] == "alert"]
+                assert alerts and "busy" in alerts[0]["message"], texts
+            else:
+                assert "busy" in reason, detail
+        finally:
+            for kind, detail in results:
+                if kind == "open":
+                    await detail[0].close()
 
 
 # --- a flood held to real time ------------------------------------------------
