@@ -322,10 +322,12 @@ class GatewaySettings(Section):
     # before a WebSocket upgrade); 0: no limit, the stages' capacity bounds it.
     max_sessions: int = Field(0, ge=0)
     # Owners silent this many heartbeat intervals are presumed dead (the
-    # stages' interval; the watcher looks that often): 0.75 s, 2.5 times the
-    # longest gap between two heartbeats of a stage measured under load
-    # (0.30 s in tests/e2e/test_failover.py: Whisper transcribing, a fresh asr
-    # loading, 2 cores); shorter risks taking a slow owner for dead.
+    # stages' interval; the watcher looks that often): 0.75 s. The longest gap
+    # between two heartbeats of a stage (sender's clock, tests/e2e/
+    # test_failover.py) was 0.30 s with Whisper transcribing and a fresh asr
+    # loading on 2 cores; 1.5 s when the shared machine starved every process
+    # at once, the gateway's loop as well (no owner was taken for dead). A
+    # stage starved alone that long would be: two owners until fencing exists.
     heartbeat_misses: int = Field(3, ge=1)
     heartbeat_interval_s: float = Field(0.25, gt=0)
     # Audio sent ahead of real time, so a device's jitter buffer never starves.
