@@ -120,7 +120,7 @@ async def run_service(
     SIGTERM or SIGINT, which drains it before the bus closes."""
     args = parse_args(name)
     settings = load_settings_or_exit(args.config)
-    setup_logging(name, settings.log.level, settings.log.format)
+    setup_logging(name, settings.log.level, settings.log.format, settings.log.content)
     tracer_provider = setup_tracing(name, settings.telemetry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

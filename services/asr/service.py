@@ -13,6 +13,7 @@ from typing import Any
 from opentelemetry import trace
 
 from parley.errors import ProviderError
+from parley.logs import log_content
 from parley.metrics import FRAMES, REAL_TIME_FACTOR, STAGE_SECONDS
 from parley.service import Stage
 from parley.session import StageSession
@@ -197,26 +198,32 @@ class AsrSession(StageSession):
                 with self.asr.meter.step():
                     result = await self.asr.transcriber.transcribe(pcm, RATE, language)
             except ProviderError as exc:
+                # The details (URL, body excerpt) stay here; the client hears why in short.
+                log.warning("transcription failed: %s", exc.message)
                 await self.publish_error(
-                    exc.code, f"transcription failed: {exc.message}", turn_id=turn_id
+                    exc.code, f"transcription failed: {exc.public}", turn_id=turn_id
                 )
                 return None
             except Exception as exc:
                 log.exception("transcription failed")
                 await self.publish_error(
-                    "provider_error", f"transcription failed: {exc}", turn_id=turn_id
+                    "provider_error",
+                    f"transcription failed ({type(exc).__name__})",
+                    turn_id=turn_id,
                 )
                 return None
             STAGE_SECONDS.labels("asr", "transcribe").observe(result.processing_ms / 1000)
             if result.audio_ms > 0:
                 REAL_TIME_FACTOR.labels("asr").observe(result.processing_ms / result.audio_ms)
+            # What was said is personal: its length at INFO, the words per log.content.
             log.info(
-                "turn %d %s (%.0f ms): %r",
+                "turn %d %s (%.0f ms, %d characters)",
                 turn_id,
                 "transcript at pause" if at_pause else "transcript",
                 result.processing_ms,
-                result.text,
+                len(result.text),
             )
+            log_content(log, "turn %d words: %r", turn_id, result.text)
             transcript = asr_pb2.Transcript(
                 text=result.text,
                 final=not at_pause,

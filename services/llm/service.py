@@ -18,6 +18,7 @@ from opentelemetry import trace
 
 from parley.bus import TOOLS_CALL, TOOLS_LIST
 from parley.errors import ProviderError
+from parley.logs import log_content
 from parley.metrics import INTERRUPTS, STAGE_SECONDS
 from parley.service import Stage
 from parley.session import StageSession
@@ -421,27 +422,30 @@ class LlmSession(StageSession):
                 status = llm_pb2.ResponseEnded.CANCELLED
             except ProviderError as exc:
                 status = llm_pb2.ResponseEnded.FAILED
-                error = exc.message
+                # The details (URL, body excerpt) stay here; the client hears why in short.
+                log.warning("the language model failed: %s", exc.message)
+                error = exc.public
                 gen.failed = True
                 if gen.speculative:
                     # Nobody has seen this answer: try again on the final transcript.
                     return
                 await self.publish_error(
                     exc.code,
-                    f"the language model failed: {exc.message}",
+                    f"the language model failed: {exc.public}",
                     turn_id=turn_id,
                     response_id=rid,
                 )
             except Exception as exc:
                 log.exception("generation failed")
                 status = llm_pb2.ResponseEnded.FAILED
-                error = str(exc)
+                # A bug of ours: its traceback is logged; the client hears its kind.
+                error = type(exc).__name__
                 gen.failed = True
                 if gen.speculative:
                     return
                 await self.publish_error(
                     "provider_error",
-                    f"the language model failed: {exc}",
+                    f"the language model failed ({type(exc).__name__})",
                     turn_id=turn_id,
                     response_id=rid,
                 )
@@ -471,7 +475,7 @@ class LlmSession(StageSession):
             llm_pb2.ResponseEnded.Status.Name(status),
             len(gen.text),
         )
-        log.debug("response %s text: %r", rid, gen.text)
+        log_content(log, "response %s text: %r", rid, gen.text)
         await asyncio.shield(
             self._out(
                 gen,

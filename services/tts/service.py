@@ -157,9 +157,11 @@ class TtsSession(StageSession):
                             "audio.out", chunk, turn_id=resp.turn_id, response_id=resp.response_id
                         )
             except ProviderError as exc:
+                # The details (URL, body excerpt) stay here; the client hears why in short.
+                log.warning("speech synthesis failed: %s", exc.message)
                 await self.publish_error(
                     exc.code,
-                    f"speech synthesis failed: {exc.message}",
+                    f"speech synthesis failed: {exc.public}",
                     turn_id=resp.turn_id,
                     response_id=resp.response_id,
                 )
@@ -170,7 +172,7 @@ class TtsSession(StageSession):
                 log.exception("speech synthesis failed")
                 await self.publish_error(
                     "provider_error",
-                    f"speech synthesis failed: {exc}",
+                    f"speech synthesis failed ({type(exc).__name__})",
                     turn_id=resp.turn_id,
                     response_id=resp.response_id,
                 )

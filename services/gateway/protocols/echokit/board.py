@@ -19,6 +19,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from parley.config import ParleySettings
+from parley.logs import BoundedLog
+from parley.metrics import ERRORS
 from parley.tasks import TaskSet
 from parley.v1 import common_pb2
 from services.gateway.core import events as ev
@@ -30,6 +32,7 @@ from services.gateway.protocols.echokit import wire
 from services.gateway.protocols.opus_codec import OpusEncoder
 
 log = logging.getLogger("parley.gateway.echokit")
+_bad_input = BoundedLog(log)
 
 SAMPLE_RATE = 16000
 # The real server sends 120 ms packets; the shared encoder tops out at 60 ms,
@@ -160,7 +163,8 @@ class Board(ClientSink):
                         await self._on_command(frame)
                 except ClientError as exc:
                     # EchoKit has no error event; the real server skips such frames.
-                    log.warning("echokit %s: ignored: %s", self.device_id, exc)
+                    ERRORS.labels("gateway", exc.code).inc()
+                    _bad_input.warning("echokit %s: ignored: %s", self.device_id, exc)
         except ConnectionClosed:
             pass
 

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from parley.logs import BoundedLog
 from parley.metrics import ERRORS
 from parley.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.core import events as ev
@@ -30,6 +31,7 @@ from services.gateway.protocols.grpc.serializer import check_rate
 from services.gateway.protocols.grpc.sink import STALL_TIMEOUT_S, Finish, GrpcSink
 
 log = logging.getLogger("parley.gateway.grpc")
+_bad_input = BoundedLog(log)
 
 Request = gateway_pb2.ConverseRequest
 
@@ -227,7 +229,7 @@ class ConverseServicer(gateway_pb2_grpc.GatewayServicer):
                         break
                 except ClientError as exc:
                     ERRORS.labels("gateway", exc.code).inc()
-                    log.info("client error %s: %s", exc.code, exc)
+                    _bad_input.info("client error %s: %s", exc.code, exc)
                     if not sink.finished:
                         await sink.send_event(ev.Error("gateway", exc.code, str(exc), True))
             await sink.finish(Finish())

@@ -12,6 +12,7 @@ from websockets.http11 import Request, Response
 
 from parley import json_input
 from parley.config import ParleySettings
+from parley.logs import BoundedLog
 from parley.metrics import ERRORS
 from services.gateway.core import events as ev
 from services.gateway.core.audio_check import check_pcm16
@@ -23,6 +24,7 @@ from services.gateway.protocols.endpoint import BUSY_CLOSE_CODE, GatewayHost, ch
 from services.gateway.protocols.parley_ws.serializer import to_json
 
 log = logging.getLogger("parley.gateway.ws")
+_bad_input = BoundedLog(log)
 
 
 class WebSocketSink(ClientSink):
@@ -119,7 +121,7 @@ class ParleyProtocol:
 
     async def error(self, code: str, message: str) -> None:
         ERRORS.labels("gateway", code).inc()
-        log.info("client error %s: %s", code, message)
+        _bad_input.info("client error %s: %s", code, message)
         await self.sink.send_event(ev.Error("gateway", code, message, True))
 
     async def run(self) -> bool:

@@ -18,6 +18,7 @@ from websockets.http11 import Request, Response
 
 from parley import json_input
 from parley.config import ParleySettings
+from parley.logs import BoundedLog
 from parley.metrics import ERRORS
 from services.gateway.core.errors import ClientError, ServerBusy
 from services.gateway.protocols.endpoint import BUSY_CLOSE_CODE, GatewayHost, check_token
@@ -26,6 +27,7 @@ from services.gateway.protocols.realtime.conversation import RealtimeConversatio
 from services.gateway.protocols.realtime.events import Dialect, RealtimeClientError, Wire
 
 log = logging.getLogger("parley.gateway.realtime")
+_bad_input = BoundedLog(log)
 
 REALTIME_PATHS = ("/v1/realtime",)
 
@@ -99,7 +101,7 @@ async def _error(conv: RealtimeConversation, exc: ClientError, event_id: str | N
     """Realtime's error event; a core ClientError (a sample rate the gateway
     does not take) is an invalid request without a param."""
     ERRORS.labels("gateway", exc.code).inc()
-    log.info("realtime client error %s: %s", exc.code, exc)
+    _bad_input.info("realtime client error %s: %s", exc.code, exc)
     param = exc.param if isinstance(exc, RealtimeClientError) else None
     kind = exc.kind if isinstance(exc, RealtimeClientError) else "invalid_request_error"
     async with conv.out.lock:

@@ -15,6 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from parley.config import XiaozhiSettings
+from parley.logs import BoundedLog
 from parley.metrics import ERRORS
 from services.gateway.core import events as ev
 from services.gateway.core.sink import ClientSink
@@ -22,6 +23,7 @@ from services.gateway.protocols.opus_codec import OpusEncoder
 from services.gateway.protocols.xiaozhi import framing
 
 log = logging.getLogger("parley.gateway.xiaozhi")
+_bad_input = BoundedLog(log)
 
 # The same error is shown on the board at most this often.
 ALERT_INTERVAL_S = 5.0
@@ -165,7 +167,7 @@ class XiaozhiSink(ClientSink):
         """The protocol's error form: the board shows it (and buzzes), so the
         same error is repeated at most every few seconds."""
         ERRORS.labels("gateway", code).inc()
-        log.info("device error %s: %s", code, message)
+        _bad_input.info("device error %s: %s", code, message)
         now = time.monotonic()
         if not force and now - self._alerted.get(code, -ALERT_INTERVAL_S) < ALERT_INTERVAL_S:
             return
