@@ -55,6 +55,17 @@ def rss_mb(pid: int) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
+def cpu_pressure_us() -> float | None:
+    """Microseconds during which some runnable task waited for a CPU (Linux
+    PSI, /proc/pressure/cpu `some total`), None where the kernel has none."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    match = re.search(r"total=(\d+)", line)
+    return float(match.group(1)) if match else None
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) jiffies of every core together, from /proc/stat."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -83,12 +94,14 @@ class ProcessWatch:
     _machine0: tuple[float, float] = (0.0, 0.0)
     _t0: float = 0.0
     _load0: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    _pressure0: float | None = None
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._t0 = time.monotonic()
         self._load0 = os.getloadavg()
         self._machine0 = machine_cpu()
+        self._pressure0 = cpu_pressure_us()
         for pid in self._all():
             self._cpu0[pid] = cpu_seconds(pid) or 0.0
         self._sample()
@@ -125,6 +138,10 @@ class ProcessWatch:
         busy0, total0 = self._machine0
         busy1, total1 = machine_cpu()
         cores = os.cpu_count() or 1
+        pressure0, pressure1 = self._pressure0, cpu_pressure_us()
+        waited = None
+        if pressure0 is not None and pressure1 is not None:
+            waited = round((pressure1 - pressure0) / 1e6 / wall * 100, 1)
         return {
             "seconds": round(wall, 1),
             "stages": {name: vars(usage) for name, usage in stages.items()},
@@ -134,6 +151,8 @@ class ProcessWatch:
                 "busy_percent": round((busy1 - busy0) / max(total1 - total0, 1) * 100, 1),
                 "load_average_start": [round(x, 2) for x in self._load0],
                 "load_average_end": [round(x, 2) for x in os.getloadavg()],
+                # Share of the step during which some task waited for a CPU.
+                "cpu_pressure_percent": waited,
             },
         }
 

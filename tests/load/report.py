@@ -57,6 +57,13 @@ def _stage_cpu(step: dict[str, Any]) -> dict[str, float]:
     return {name: stages[name]["cpu_percent"] for name in STAGE_ORDER if name in stages}
 
 
+def waited(resources: dict[str, Any]) -> str:
+    """The CPU pressure of a step (percent of its time something waited for
+    a CPU), for the tables."""
+    value = resources["machine"].get("cpu_pressure_percent")
+    return "-" if value is None else f"{value:.0f}%"
+
+
 def others_cpu(resources: dict[str, Any]) -> float:
     """CPU (percent of one core) that processes outside the stack and the
     harness took over a step: the machine is shared, and what they take the
@@ -115,13 +122,14 @@ def pipeline_markdown(rep: dict[str, Any]) -> str:
         "",
         "First audio: from the true end of the device's speech (the last voiced frame sent) "
         "to the first answer audio at the device. CPU: percent of one core over the step; "
-        "others: what processes outside the stack and the harness took meanwhile.",
+        "others: what processes outside the stack and the harness took meanwhile; CPU wait: "
+        "the share of the step during which some task waited for a CPU (Linux PSI).",
         "",
         "| N | turns | ok | cut | failed | refused | first audio p50 | p95 | p99 (ms) "
         "| worst session / median | dropped frames | "
         + " | ".join(f"{s} CPU" for s in stages)
-        + " | others CPU | load avg |",
-        "|" + "---|" * (13 + len(stages)),
+        + " | others CPU | CPU wait | load avg |",
+        "|" + "---|" * (14 + len(stages)),
     ]
     for st in steps:
         o, fa, fair = st["outcomes"], st["first_audio_ms"], st["fairness"]
@@ -135,7 +143,8 @@ def pipeline_markdown(rep: dict[str, Any]) -> str:
             f"| {o['refused']} | {_ms(fa, 'p50')} | {_ms(fa, 'p95')} | {_ms(fa, 'p99')} "
             f"| {ratio if ratio is not None else '-'} | {res['dropped_frames_total']:.0f} | "
             + " | ".join(cpu)
-            + f" | {others_cpu(res):.0f}% | {res['machine']['load_average_start'][0]:.1f} → "
+            + f" | {others_cpu(res):.0f}% | {waited(res)} "
+            f"| {res['machine']['load_average_start'][0]:.1f} → "
             f"{res['machine']['load_average_end'][0]:.1f} |"
         )
     ratios = rep["ratios"]
@@ -170,7 +179,7 @@ def pipeline_markdown(rep: dict[str, Any]) -> str:
         "## Barge-ins, memory, the harness",
         "",
         "| N | barge-ins | cut | answer ended first | reaction p50 / p95 (ms) | peak RSS (MB) "
-        "| harness loop lag p95 (ms) |",
+        "| harness loop lag p95 / max (ms) |",
         "|---|---|---|---|---|---|---|",
     ]
     for st in steps:
@@ -178,7 +187,7 @@ def pipeline_markdown(rep: dict[str, Any]) -> str:
         rss = ", ".join(
             f"{s} {res['stages'][s]['rss_peak_mb']:.0f}" for s in stages if s in res["stages"]
         )
-        lag = res["harness_loop_lag_ms"].get("p95", "-")
+        lag = " / ".join(str(res["harness_loop_lag_ms"].get(k, "-")) for k in ("p95", "max"))
         reaction = b["reaction_ms"]
         lines.append(
             f"| {st['n']} | {b['planned']} | {b['cut']} | {b['answer_ended_first']} "
@@ -354,14 +363,15 @@ def density_markdown(rep: dict[str, Any]) -> str:
     if bound and bound["sessions_per_core"] is not None:
         lines += [
             f"CPU alone: at {bound['sessions']} sessions gateway + vad used "
-            f"{bound['gateway_vad_cores']:.2f} cores, {bound['sessions_per_core']} sessions per "
-            "core were the latency to hold (on a machine of its own).",
+            f"{bound['gateway_vad_cores']:.2f} cores, so the CPU would allow "
+            f"{bound['sessions_per_core']} sessions per core if the latency held (on a machine "
+            "of its own).",
             "",
         ]
     lines += [
         "| sessions | p50 | p95 | p99 (ms) | decisions | within target | gateway CPU | vad CPU "
-        "| sessions per core | harness lag p95 (ms) | others CPU | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sessions per core | harness lag p95 (ms) | others CPU | CPU wait | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for st in rep["steps"]:
         d, res = st["decision_latency_ms"], st["resources"]
@@ -373,6 +383,7 @@ def density_markdown(rep: dict[str, Any]) -> str:
             f"| {stages.get('vad', {}).get('cpu_percent', 0):.0f}% "
             f"| {st['sessions_per_core'] if st['sessions_per_core'] is not None else '-'} "
             f"| {res['harness_loop_lag_ms'].get('p95', '-')} | {others_cpu(res):.0f}% "
+            f"| {waited(res)} "
             f"| {res['machine']['load_average_start'][0]:.1f} → "
             f"{res['machine']['load_average_end'][0]:.1f} |"
         )
