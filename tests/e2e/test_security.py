@@ -151,3 +151,26 @@ async def test_ota_gives_each_board_its_own_token() -> None:
         assert await status_of(url, **board("aa:bb:cc:00:00:01", two)) == 401
         assert await status_of(url, **board("aa:bb:cc:00:00:01", "")) == 401
         assert await status_of(url, **board("aa:bb:cc:00:00:03", one)) == 401
+
+
+async def test_reachable_gateways_serve_boards_from_their_allow_list_only() -> None:
+    # Board firmware proves nothing on first contact: beyond loopback the OTA
+    # gives no token, and EchoKit no session, to a board nobody listed.
+    listed = "aa:bb:cc:00:00:09"
+    async with gateway(
+        host="0.0.0.0", auth_token="s3cret", xiaozhi={"device_allowlist": [listed]}
+    ) as gw:
+        async with aiohttp.ClientSession() as http:
+            for device, status in ((listed, 200), ("aa:bb:cc:00:00:10", 403)):
+                async with http.post(
+                    f"http://127.0.0.1:{gw.http_port}/xiaozhi/ota/", headers={"Device-Id": device}
+                ) as resp:
+                    assert resp.status == status, device
+        assert await status_of(f"ws://127.0.0.1:{gw.port}/ws/a1b2c3d4e5f6") == 403
+    async with gateway(host="0.0.0.0", auth_token="s3cret") as gw:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{gw.http_port}/xiaozhi/ota/", headers={"Device-Id": listed}
+            ) as resp:
+                assert resp.status == 403
+                assert "device_allowlist" in (await resp.json())["error"]

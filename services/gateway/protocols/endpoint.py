@@ -96,6 +96,14 @@ def is_loopback(host: str) -> bool:
         return False  # a name or "": whatever it resolves to, not assumed safe
 
 
+def boards_need_allowlist(settings: ParleySettings) -> bool:
+    """Device firmware cannot prove who it is on first contact (the Xiaozhi
+    OTA hands a token to whoever names a Device-Id; an EchoKit board carries
+    none), so on a gateway reachable from other machines boards are served
+    only from their protocol's device_allowlist."""
+    return not is_loopback(settings.gateway.host)
+
+
 def origin_allowed(headers: Headers, allowed: list[str]) -> bool:
     """A browser page's Origin against gateway.allowed_origins. The page's own
     origin (the gateway's page) always may; a request without Origin is no

@@ -31,6 +31,7 @@ from services.gateway.protocols.endpoint import (
     BUSY_CLOSE_CODE,
     GatewayHost,
     bearer_token,
+    boards_need_allowlist,
     device_secret,
     device_token,
     refuse,
@@ -76,6 +77,7 @@ class EchoKitEndpoint:
         self.settings = settings
         self.cfg: EchoKitSettings = settings.gateway.echokit
         self.secret = device_secret(settings)
+        self.need_allowlist = boards_need_allowlist(settings)
         # Each open EchoKit session's board, by session id. Kept here, not
         # found through the session's sink: while the board is away the
         # registry gives the session a stand-in sink.
@@ -107,10 +109,18 @@ class EchoKitEndpoint:
             return refuse(connection, http.HTTPStatus.FORBIDDEN, "device not allowed")
         given = bearer_token(request.headers, url.query)
         asked = self.secret is not None or bool(self.cfg.auth_token)
-        if asked and given is not None and not self.token_proves(device_id or "", given):
+        proven = given is not None and self.token_proves(device_id or "", given)
+        if asked and given is not None and not proven:
             return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "wrong token")
         if self.cfg.auth_token and given is None:
             return refuse(connection, http.HTTPStatus.UNAUTHORIZED, "missing token")
+        if allowed is None and not proven and self.need_allowlist:
+            return refuse(
+                connection,
+                http.HTTPStatus.FORBIDDEN,
+                "this server is reachable from other machines: list your boards in "
+                "gateway.echokit.device_allowlist",
+            )
         # The firmware offers permessage-deflate but its WebSocket library
         # rejects compressed frames (as the real server never sends them).
         if "Sec-WebSocket-Extensions" in request.headers:

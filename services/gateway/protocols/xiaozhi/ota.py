@@ -17,7 +17,11 @@ from aiohttp import web
 from parley import json_input
 from parley.config import ParleySettings
 from parley.metrics import ERRORS
-from services.gateway.protocols.endpoint import device_secret, device_token
+from services.gateway.protocols.endpoint import (
+    boards_need_allowlist,
+    device_secret,
+    device_token,
+)
 
 log = logging.getLogger("parley.gateway.xiaozhi")
 
@@ -43,6 +47,7 @@ class OtaHandler:
         self.cfg = settings.gateway.xiaozhi
         self.ws_port = ws_port
         self.secret = device_secret(settings)
+        self.need_allowlist = boards_need_allowlist(settings)
 
     async def __call__(self, request: web.Request) -> web.Response:
         device_id = request.headers.get("Device-Id") or request.query.get("device-id", "")
@@ -51,6 +56,12 @@ class OtaHandler:
         allow = self.cfg.device_allowlist
         if allow is not None and device_id not in allow:
             return _error(403, f"device {device_id} is not allowed on this server")
+        if allow is None and self.need_allowlist:
+            return _error(
+                403,
+                "this server is reachable from other machines: list your boards in "
+                "gateway.xiaozhi.device_allowlist",
+            )
         info: dict[str, Any] = {}
         if request.can_read_body:
             raw = await request.read()
