@@ -126,6 +126,7 @@ class CasRecord:
         self.max_bytes = max_bytes
         self.revision = 0  # 0: the key did not exist when last seen
         self.lost = False
+        self.deleted = False
         self._snapshot: Callable[[], bytes] | None = None
         self._dirty = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -148,7 +149,7 @@ class CasRecord:
     def save_soon(self, snapshot: Callable[[], bytes]) -> None:
         """Write snapshot() soon: called when the write starts, so it is the
         latest value."""
-        if self.lost:
+        if self.lost or self.deleted:
             return
         self._snapshot = snapshot
         self._dirty.set()
@@ -197,8 +198,13 @@ class CasRecord:
             log.warning("cannot store %s: %s", self.key, exc)
             return False
 
-    async def delete(self) -> None:
-        """The session is over: remove the key, unless someone else owns it."""
+    async def delete(self, timeout_s: float) -> None:
+        """The session is over: the write under way finishes (up to timeout_s,
+        so the revision is the latest), then the key goes, unless someone
+        else owns it; nothing is written after."""
+        self.deleted = True
+        self._dirty.clear()
+        await self.flush(timeout_s)
         self._tasks.cancel_all()
         if self.lost or not self.revision:
             return

@@ -498,7 +498,7 @@ class LlmSession(StageSession):
             return
         if self.ended:
             # The conversation is over: nobody will take it over.
-            await self.stored.delete()
+            await self.stored.delete(self.llm.settings.state.timeout_s)
         else:
             # Idle or draining: whoever takes the session next reads it.
             await self.stored.flush(self.llm.settings.state.timeout_s)

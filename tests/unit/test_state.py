@@ -61,7 +61,10 @@ async def test_a_key_is_written_by_its_owner_until_someone_else_writes_it(tmp_pa
             await new.flush(2.0)
             assert (await kv.get("session-1")).value == b"change 19"
             # The session ended: its key goes, and a fresh owner finds nothing.
-            await new.delete()
+            new.save_soon(lambda: b"last words")
+            await new.delete(2.0)
+            new.save_soon(lambda: b"after the end")
+            await new.flush(1.0)
             assert await CasRecord(kv, "session-1", "llm", 1024).load() is None
         finally:
             await nc.close()

@@ -393,7 +393,9 @@ class PlacementClient:
             lost = seen < horizon or (now > grace and placement.session_id not in sessions)
             if lost:
                 log.warning("%s owner %s is gone, placing again", stage, owner)
+                # Forgotten first: should the session's hook fail, the next
+                # tick still places the stage (and does not call it again).
+                placement.owners.pop(stage, None)
                 if placement.on_owner_lost is not None:
                     await placement.on_owner_lost(stage, owner)
-                placement.owners.pop(stage, None)
                 await self._replace(placement, stage)
