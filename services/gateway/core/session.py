@@ -411,7 +411,8 @@ class GatewaySession:
         self.trace.drop_audio_out(rid)
         if resp.turn_id:
             self.trace.end(resp.turn_id)
-        log.info("response %s ended (%s) after %.0f ms played", rid, reason, played)
+        how = "interrupted" if status is ev.Status.CANCELLED else status.value
+        log.info("response %s %s (%s) after %.0f ms played", rid, how, reason, played)
         await self._control(
             control_pb2.Control(
                 interrupt=control_pb2.Interrupt(
