@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from services.gateway.protocols.endpoint import device_token
 from tests.e2e.harness import REPO, Stack, start_scripted_stack
 from tests.support.openai_chat_stub import ChatReply, tool_call_deltas
 from tests.support.speech import synthesize_speech, with_silence
@@ -22,7 +23,8 @@ from tests.support.xiaozhi_device import XiaozhiDevice, ota_check
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "board-secret"
+TOKEN = "board-secret"  # shared, as set on a board by hand
+DEVICE_SECRET = "device-secret"
 ALLOWED = "aa:bb:cc:00:00:01"
 
 
@@ -191,6 +193,7 @@ async def tool_stack(tmp_path_factory: pytest.TempPathFactory):
         tmp_path_factory.mktemp("xiaozhi"),
         env={
             "PARLEY_GATEWAY__XIAOZHI__AUTH_TOKEN": TOKEN,
+            "PARLEY_GATEWAY__DEVICE_SECRET": DEVICE_SECRET,
             "PARLEY_GATEWAY__XIAOZHI__DEVICE_ALLOWLIST": json.dumps([ALLOWED, "aa:bb:cc:00:00:02"]),
             "PARLEY_GATEWAY__XIAOZHI__KEEPALIVE_S": "1",
         },
@@ -248,7 +251,11 @@ async def test_keepalive_between_turns(tool_stack) -> None:
 async def test_ota_allowlist_and_bad_requests(tool_stack) -> None:
     stack, _ = tool_stack
     ota = await ota_check(stack.http_port, ALLOWED)
-    assert ota["websocket"]["token"] == TOKEN
+    # The board's own token, never the shared one; and it opens the door.
+    own = ota["websocket"]["token"]
+    assert own == device_token(DEVICE_SECRET, "xiaozhi", ALLOWED) and own != TOKEN
+    device = await device_for(stack, ALLOWED, token=own)
+    await device.close()
     async with httpx.AsyncClient() as client:
         base = f"http://127.0.0.1:{stack.http_port}/xiaozhi/ota/"
         refused = await client.post(base, headers={"Device-Id": "ff:ff:ff:ff:ff:ff"}, json={})
