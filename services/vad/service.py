@@ -89,7 +89,8 @@ class VadSession(StageSession):
             return
         decision = self.segmenter.end_at_pause(transcript.end_ms)
         if decision is not None:
-            log.info("turn %d complete at its pause: %r", self.turn_id, transcript.text)
+            log.info("turn %d complete at its pause", self.turn_id)
+            log.debug("turn %d words at its pause: %r", self.turn_id, transcript.text)
             await self._announce(decision)
 
     async def on_settings(self) -> None:
