@@ -11,6 +11,8 @@ class FakeWebSocket:
     def __init__(self) -> None:
         self.sent: list[str | bytes] = []
         self.closed: tuple[int, str] | None = None
+        # The peer, as a ServerConnection names it (EchoKit's takeover rule).
+        self.remote_address = ("127.0.0.1", 40000)
 
     async def send(self, message: str | bytes) -> None:
         self.sent.append(message)
