@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -23,6 +24,7 @@ from parley.errors import StartRefused
 from services.gateway.protocols.endpoint import device_secret, device_token
 from services.gateway.service import Gateway, check_secure
 from tests.support.stack import start_nats
+from tests.support.tls import self_signed_cert
 
 
 @contextlib.asynccontextmanager
@@ -82,16 +84,7 @@ async def test_tokens_are_required_when_set() -> None:
 
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 async def test_websocket_over_tls(self_signed: tuple[Path, Path]) -> None:
@@ -109,6 +102,15 @@ async def test_websocket_over_tls(self_signed: tuple[Path, Path]) -> None:
         with pytest.raises(Exception):  # noqa: B017 (whatever the handshake breaks with)
             async with connect(f"ws://127.0.0.1:{gw.port}/v1/ws", open_timeout=3):
                 pass
+        # gRPC with the same certificate: the health service answers over TLS.
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{gw.grpc_port}", credentials) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert answer.status in (
+                health_pb2.HealthCheckResponse.SERVING,
+                health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
         # The OTA's HTTP port is TLS too.
         async with aiohttp.ClientSession() as http:
             async with http.post(

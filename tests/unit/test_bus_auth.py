@@ -17,9 +17,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from parley import bus_auth
-from parley.config import ParleySettings
+from parley.bus import Bus
+from parley.config import NatsSettings, ParleySettings
 from parley.stack import nats_passwords, write_nats_config
 from tests.support.stack import NATS_READY, NATS_SERVER, base_env, free_port, start_process
+from tests.support.tls import self_signed_cert
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,9 +46,15 @@ def test_passwords_are_generated_once_and_private(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def closed_bus(tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, str]]]:
+async def closed_bus(
+    tmp_path: Path, tls: tuple[Path, Path] | None = None
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
     url = f"nats://127.0.0.1:{free_port()}"
     conf, passwords = write_nats_config(ParleySettings(nats={"url": url}), tmp_path / "nats")
+    if tls is not None:
+        cert, key = tls
+        with conf.open("a") as out:
+            out.write(f'tls {{\n  cert_file: "{cert}"\n  key_file: "{key}"\n}}\n')
     argv = [str(NATS_SERVER), "-c", str(conf)]
     running = await start_process("nats", argv, base_env(), tmp_path)
     try:
@@ -139,3 +147,18 @@ async def test_no_credentials_no_bus(tmp_path: Path) -> None:
         wrong = {**passwords, "vad": "guessed"}
         with pytest.raises(Exception, match="(?i)authorization"):
             await nats.connect(url, user="parley-vad", password=wrong["vad"], allow_reconnect=False)
+
+
+async def test_a_service_connects_over_tls_as_its_own_user(tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    async with closed_bus(tmp_path, (cert, key)) as (url, passwords):
+        settings = NatsSettings(
+            url=url, user="parley-vad", password=passwords["vad"], tls_ca=str(cert)
+        )
+        bus = await Bus.connect(settings, "vad")
+        try:
+            assert bus.connected
+            assert bus.nc.connected_url is not None
+            assert bus.nc._server_info.get("tls_required")  # noqa: SLF001 (what the server said)
+        finally:
+            await bus.close()
