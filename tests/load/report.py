@@ -178,7 +178,8 @@ def pipeline_markdown(rep: dict[str, Any]) -> str:
         "",
         "## Barge-ins, memory, the harness",
         "",
-        "| N | barge-ins | cut | answer ended first | reaction p50 / p95 (ms) | peak RSS (MB) "
+        "| N | barge-ins | cut | answer ended first | reaction p50 / p95 (ms): by voice (parley), "
+        "by abort (xiaozhi) | peak RSS (MB) "
         "| harness loop lag p95 / max (ms) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -188,10 +189,14 @@ def pipeline_markdown(rep: dict[str, Any]) -> str:
             f"{s} {res['stages'][s]['rss_peak_mb']:.0f}" for s in stages if s in res["stages"]
         )
         lag = " / ".join(str(res["harness_loop_lag_ms"].get(k, "-")) for k in ("p95", "max"))
-        reaction = b["reaction_ms"]
+        by = b.get("reaction_ms_by_protocol", {})
+        reaction = ", ".join(
+            f"{_ms(by.get(p, {}), 'p50')} / {_ms(by.get(p, {}), 'p95')}"
+            for p in ("parley", "xiaozhi")
+        )
         lines.append(
             f"| {st['n']} | {b['planned']} | {b['cut']} | {b['answer_ended_first']} "
-            f"| {_ms(reaction, 'p50')} / {_ms(reaction, 'p95')} | {rss} | {lag} |"
+            f"| {reaction} | {rss} | {lag} |"
         )
     failures = [(st["n"], f) for st in steps for f in st["failures"]]
     if failures:

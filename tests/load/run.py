@@ -132,24 +132,16 @@ async def own_stack(cfg: LoadConfig, services: dict[str, int]) -> AsyncIterator[
 def plan_devices(n: int, cfg: LoadConfig, rng: random.Random) -> list[DevicePlan]:
     """N devices: protocols and voices taken in turn (device i speaks
     protocols[i % P] in voices[i % V], so both vary), questions drawn at
-    random, start times spread over stagger_s, and barge-ins spread evenly
-    over the turns that have a next question to barge in with. Each device
-    asks cfg.turns questions, more where N is small, up to min_step_turns
-    in the step."""
+    random, start times spread over stagger_s, and a barge_in share of each
+    protocol's turns that have a next question to barge in with, drawn at
+    random among them. Each device asks cfg.turns
+    questions, more where N is small, up to min_step_turns in the step."""
     plans = []
-    eligible = 0
     count = max(cfg.turns, math.ceil(cfg.min_step_turns / n))
     for i in range(n):
         drawn = rng.sample(QUESTIONS, k=min(count, len(QUESTIONS)))
         questions = [drawn[j % len(drawn)] for j in range(count)]
-        turns = []
-        for j, question in enumerate(questions):
-            barge = None
-            if j < count - 1:
-                eligible += 1
-                if math.floor(eligible * cfg.barge_in) > math.floor((eligible - 1) * cfg.barge_in):
-                    barge = round(rng.uniform(0.3, 1.0), 2)
-            turns.append(TurnPlan(question, barge, round(rng.uniform(0.5, 2.0), 2)))
+        turns = [TurnPlan(q, None, round(rng.uniform(0.5, 2.0), 2)) for q in questions]
         plans.append(
             DevicePlan(
                 i,
@@ -159,6 +151,10 @@ def plan_devices(n: int, cfg: LoadConfig, rng: random.Random) -> list[DevicePlan
                 turns,
             )
         )
+    for protocol in cfg.protocols:
+        eligible = [t for p in plans if p.protocol == protocol for t in p.turns[:-1]]
+        for turn in rng.sample(eligible, k=round(cfg.barge_in * len(eligible))):
+            turn.barge_after_s = round(rng.uniform(0.3, 1.0), 2)
     return plans
 
 
@@ -245,6 +241,18 @@ def summarize_turns(records: list[dict[str, Any]]) -> dict[str, Any]:
             "cut": sum(r["outcome"] == INTERRUPTED for r in barges),
             "answer_ended_first": sum(bool(r.get("barge_in_missed")) for r in barges),
             "reaction_ms": report.stats([r["barge_in_ms"] for r in barges if "barge_in_ms" in r]),
+            # Two ways of cutting in: the server's VAD hearing speech over the
+            # answer (parley) and the board's abort (xiaozhi), far quicker.
+            "reaction_ms_by_protocol": {
+                protocol: report.stats(
+                    [
+                        r["barge_in_ms"]
+                        for r in barges
+                        if r["protocol"] == protocol and "barge_in_ms" in r
+                    ]
+                )
+                for protocol in sorted({r["protocol"] for r in barges})
+            },
         },
         "fairness": fairness,
         "failures": [
