@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +23,9 @@ log = logging.getLogger("parley.placement")
 
 # The refusal of an instance at capacity; the gateway tries another.
 FULL = "full"
+# A session id is one subject token (parley.v1.s.<id>.<stream>); the
+# gateway's are 32 hex digits.
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 SessionFactory = Callable[
     [str, common_pb2.Settings, Callable[[str], Awaitable[None]]], StageSession
@@ -71,6 +75,11 @@ class PlacementServer:
         self._heartbeat_task = asyncio.create_task(self._heartbeats())
 
     async def _on_place(self, req: placement_pb2.PlaceRequest) -> placement_pb2.PlaceReply:
+        if not SESSION_ID.fullmatch(req.session_id):
+            # Its subjects could not exist: the session would fail to
+            # subscribe (nats BadSubjectError, a traceback per request found
+            # by tests/fuzz/test_bus.py), or a dot would put it on another's.
+            return placement_pb2.PlaceReply(ok=False, error="bad session id")
         if self.draining:
             return placement_pb2.PlaceReply(ok=False, error="draining")
         if req.session_id in self._opening:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -55,6 +56,11 @@ class AudioRing:
             self.start_ms += extra / BYTES_PER_MS
 
     def slice(self, start_ms: float, end_ms: float) -> bytes:
+        # Times come off the bus as doubles, NaN and infinity included: no
+        # audio lies between bounds that are not times (int(inf) raised
+        # OverflowError in the recognizing task; tests/fuzz/test_bus.py).
+        if not all(math.isfinite(t) for t in (start_ms, end_ms, self.start_ms)):
+            return b""
         a = max(0, int((start_ms - self.start_ms) * BYTES_PER_MS))
         b = max(a, int((end_ms - self.start_ms) * BYTES_PER_MS))
         return bytes(self.buffer[a - a % 2 : b - b % 2])

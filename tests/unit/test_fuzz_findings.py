@@ -1,0 +1,32 @@
+"""What the fuzzing of tests/fuzz found, kept fixed without a stack."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from parley.placement import PlacementServer
+from parley.v1 import placement_pb2
+from services.asr.service import AudioRing
+
+
+@pytest.mark.parametrize("start, end", [(math.inf, math.inf), (math.nan, 10.0), (0.0, -math.inf)])
+def test_audio_ring_slice_between_non_times_is_empty(start: float, end: float) -> None:
+    # A VadEvent off the bus with an infinite start_ms raised OverflowError.
+    ring = AudioRing(1000)
+    ring.append(0.0, bytes(3200))
+    assert ring.slice(start, end) == b""
+    assert len(ring.slice(0.0, 50.0)) == 1600
+
+
+@pytest.mark.parametrize("session_id", ["", "a b", "a.b", "a*", ">", "x" * 129, "\u00e9"])
+async def test_placement_refuses_a_session_id_that_is_no_subject_token(session_id: str) -> None:
+    # A forged PlaceRequest with one made every stage log BadSubjectError.
+    def factory(*_args: object) -> None:
+        raise AssertionError("no session may be opened")
+
+    server = PlacementServer(None, "vad", "vad-1", factory, 1.0, 60.0)  # type: ignore[arg-type]
+    reply = await server._on_place(placement_pb2.PlaceRequest(session_id=session_id))
+    assert not reply.ok
+    assert reply.error == "bad session id"
