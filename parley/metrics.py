@@ -5,6 +5,8 @@ Labels stay low-cardinality: stage, stream, hop, code; never a session id.
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 # Voice latency lives between 10 ms and 10 s.
@@ -82,6 +84,19 @@ AUDIO_THROTTLED = Counter(
     "Client audio dropped for arriving faster than real time, in seconds of audio",
     ["stage"],
 )
+
+
+# Debug: asyncio tasks alive in the process's loop, read at scrape time (no
+# task of its own to keep it fresh). A count that keeps growing is a leak;
+# tests/fuzz compares it before and after each door's fuzzing.
+ASYNCIO_TASKS = Gauge("parley_asyncio_tasks", "asyncio tasks alive in this process's event loop")
+
+
+def count_tasks_of(loop: asyncio.AbstractEventLoop) -> None:
+    """Have ASYNCIO_TASKS report the loop's live tasks. all_tasks is read from
+    the metrics server's thread: it copies the loop's weak task set, retrying
+    if the loop changes it meanwhile, so the read is safe off the loop."""
+    ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:

@@ -18,7 +18,7 @@ from parley.errors import StartRefused
 from parley.health import HealthServer
 from parley.load import LoadMeter
 from parley.logs import setup_logging
-from parley.metrics import start_metrics_server
+from parley.metrics import count_tasks_of, start_metrics_server
 from parley.placement import PlacementServer
 from parley.session import StageSession
 from parley.state import StateUnavailable
@@ -128,6 +128,7 @@ async def run_service(
         loop.add_signal_handler(sig, stop.set)
     # The section's own host (gateway.host, <stage>.host): loopback unless told.
     port = start_metrics_server(metrics_port(settings), getattr(settings, name).host)
+    count_tasks_of(loop)
     bus = await Bus.connect(settings.nats, name)
     bus.on_decode_error = _report_decode_error(bus, name)
     service = make(settings, bus)
