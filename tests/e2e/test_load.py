@@ -36,7 +36,7 @@ async def test_load_ramp_at_n2_over_both_protocols(stack: Stack, tmp_path: Path)
         voices=("piper", "espeak:en-us"),
         barge_in=1.0,  # each device's first answer is spoken over
         stagger_s=1.0,
-        turn_timeout_s=45.0,
+        turn_timeout_s=90.0,  # a bound, not a target: the machine may be busy
         max_minutes=3.0,
         warmup=False,
         out=tmp_path,
@@ -89,6 +89,9 @@ async def test_density_mode_streams_through_gateway_and_vad_only(tmp_path: Path)
         voices=("piper", "espeak:en-gb"),
         density_seconds=5.0,
         max_minutes=2.0,
+        # The harness is under test, not the latency: a target no shared
+        # machine misses, so the ramp never stops early.
+        target_ms=1000.0,
         out=tmp_path,
     )
     result = await run_density(cfg)
@@ -105,7 +108,8 @@ async def test_density_mode_streams_through_gateway_and_vad_only(tmp_path: Path)
         stages = step["resources"]["stages"]
         # Only what the density mode runs: nats, one gateway, one vad.
         assert set(stages) == {"nats", "vad", "gateway", "harness"}
-    assert result["headline"]["target_p95_ms"] == 10.0
+    assert result["headline"]["target_p95_ms"] == 1000.0
+    assert result["headline"]["cpu_bound"]["sessions"] == 2
     markdown = (tmp_path / report.DENSITY_FILES["markdown"]).read_text()
     assert "# Parley density report" in markdown and "| 2 |" in markdown
     assert json.loads((tmp_path / report.DENSITY_FILES["json"]).read_text())["steps"]

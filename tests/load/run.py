@@ -400,6 +400,10 @@ async def run_density(cfg: LoadConfig, stack: Stack | None = None) -> dict[str, 
     async with context as running:
         watch = watched(running)
         url = watch.target.parley_url
+        if cfg.warmup:
+            # Not counted: a fresh vad's first windows (onnxruntime's first
+            # runs) and the gateway's first session are slow.
+            await density_session(url, looped_audio(by_voice[cfg.voices[0]], 0), 2.0, 0.0)
         for index, n in enumerate(cfg.ns):
             if time.monotonic() + cfg.density_seconds + STEP_MARGIN_S > deadline:
                 skipped += list(cfg.ns[index:])
