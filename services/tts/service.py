@@ -25,6 +25,27 @@ tracer = trace.get_tracer("parley.tts")
 _END = None
 
 
+# The longest text synthesized in one go. A sentence comes off the bus at
+# any length: one of 100,000 characters took the tts process to 21 GB and the
+# OOM killer (tests/fuzz/test_bus.py); the llm's own sentences are far shorter.
+MAX_PIECE_CHARS = 400
+
+
+def pieces(text: str) -> list[str]:
+    """The text in order, in pieces of at most MAX_PIECE_CHARS, cut at a
+    space where there is one."""
+    out: list[str] = []
+    while len(text) > MAX_PIECE_CHARS:
+        cut = text.rfind(" ", 0, MAX_PIECE_CHARS + 1)
+        if cut <= 0:
+            cut = MAX_PIECE_CHARS
+        out.append(text[:cut])
+        text = text[cut:].lstrip()
+    if text or not out:
+        out.append(text)
+    return out
+
+
 class _Response:
     def __init__(self, response_id: str, turn_id: int) -> None:
         self.response_id = response_id
@@ -94,7 +115,11 @@ class TtsSession(StageSession):
                 if item is _END:
                     break
                 index, text = item
-                ok = await self._speak_sentence(resp, index, text)
+                ok = True
+                for piece in pieces(text):
+                    ok = await self._speak_sentence(resp, index, piece)
+                    if not ok:
+                        break
                 if not ok:
                     break
             await self.publish(

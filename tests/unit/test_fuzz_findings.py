@@ -9,6 +9,7 @@ import pytest
 from parley.placement import PlacementServer
 from parley.v1 import placement_pb2
 from services.asr.service import AudioRing
+from services.tts.service import MAX_PIECE_CHARS, pieces
 
 
 @pytest.mark.parametrize("start, end", [(math.inf, math.inf), (math.nan, 10.0), (0.0, -math.inf)])
@@ -30,3 +31,15 @@ async def test_placement_refuses_a_session_id_that_is_no_subject_token(session_i
     reply = await server._on_place(placement_pb2.PlaceRequest(session_id=session_id))
     assert not reply.ok
     assert reply.error == "bad session id"
+
+
+def test_tts_speaks_a_sentence_of_any_length_in_bounded_pieces() -> None:
+    # A forged 100,000-character sentence took the tts process to the OOM killer.
+    assert pieces("Hello there.") == ["Hello there."]
+    assert pieces("") == [""]
+    unbroken = pieces("x" * 100_000)
+    assert "".join(unbroken) == "x" * 100_000
+    words = "word " * 20_000
+    cut = pieces(words)
+    assert " ".join(cut).strip() == words.strip()
+    assert all(len(p) <= MAX_PIECE_CHARS for p in unbroken + cut)
