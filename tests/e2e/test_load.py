@@ -37,7 +37,7 @@ async def test_load_ramp_at_n2_over_both_protocols(stack: Stack, tmp_path: Path)
         barge_in=1.0,  # each device's first answer is spoken over
         stagger_s=1.0,
         turn_timeout_s=90.0,  # a bound, not a target: the machine may be busy
-        max_minutes=3.0,
+        max_minutes=6.0,  # a bound: over the step's worst case (every turn timing out)
         warmup=False,
         out=tmp_path,
     )

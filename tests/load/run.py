@@ -317,6 +317,7 @@ async def run_pipeline(cfg: LoadConfig, stack: Stack | None = None) -> dict[str,
             print(f"load: warm-up, {len(records) - len(bad)}/{len(records)} turns answered")
         for n in cfg.ns:
             if time.monotonic() + plan_bound_s(plans[n], cfg) > deadline:
+                print(f"load: N={n} skipped: its worst case would end past max_minutes")
                 skipped.append(n)
                 continue
             turns = sum(len(p.turns) for p in plans[n])
