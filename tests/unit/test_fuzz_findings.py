@@ -9,6 +9,8 @@ import pytest
 from parley.placement import PlacementServer
 from parley.v1 import placement_pb2
 from services.asr.service import AudioRing
+from services.gateway.protocols.realtime.config import RealtimeConfig
+from services.gateway.protocols.realtime.events import RealtimeClientError
 from services.tts.service import MAX_PIECE_CHARS, pieces
 
 
@@ -43,3 +45,10 @@ def test_tts_speaks_a_sentence_of_any_length_in_bounded_pieces() -> None:
     cut = pieces(words)
     assert " ".join(cut).strip() == words.strip()
     assert all(len(p) <= MAX_PIECE_CHARS for p in unbroken + cut)
+
+
+@pytest.mark.parametrize("modalities", [[["audio"]], [{"a": 1}], ["audio", None]])
+def test_realtime_modalities_of_anything_but_strings_are_invalid(modalities: list) -> None:
+    # A list inside modalities raised TypeError (unhashable) and closed the connection.
+    with pytest.raises(RealtimeClientError):
+        RealtimeConfig().updated({"modalities": modalities})

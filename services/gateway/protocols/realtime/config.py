@@ -125,7 +125,14 @@ class RealtimeConfig:
         elif key == "model":
             self.model = _string(value, p)
         elif key in ("modalities", "output_modalities"):
-            if not isinstance(value, list) or not value or not set(value) <= {"text", "audio"}:
+            # Strings first: set() of a list holding a list raised TypeError,
+            # which closed the connection (found by tests/fuzz/test_realtime.py).
+            if (
+                not isinstance(value, list)
+                or not value
+                or not all(isinstance(v, str) for v in value)
+                or not set(value) <= {"text", "audio"}
+            ):
                 raise RealtimeClientError(
                     "invalid_value", f"{p} must list 'text' and/or 'audio'", p
                 )
