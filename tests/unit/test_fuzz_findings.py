@@ -52,3 +52,25 @@ def test_realtime_modalities_of_anything_but_strings_are_invalid(modalities: lis
     # A list inside modalities raised TypeError (unhashable) and closed the connection.
     with pytest.raises(RealtimeClientError):
         RealtimeConfig().updated({"modalities": modalities})
+
+
+def test_a_malformed_http_request_is_one_bounded_line_not_a_traceback() -> None:
+    # aiohttp logged each unparsable OTA request as an ERROR with a traceback.
+    import logging
+
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from services.gateway.protocols.xiaozhi.ota import _MalformedRequests
+
+    try:
+        raise BadHttpMessage("Invalid character in chunk size")
+    except BadHttpMessage:
+        import sys
+
+        record = logging.LogRecord(
+            "x", logging.ERROR, "", 0, "Error handling request", (), sys.exc_info()
+        )
+    quiet = _MalformedRequests()
+    assert quiet.filter(record) is False
+    other = logging.LogRecord("x", logging.ERROR, "", 0, "something else", (), None)
+    assert quiet.filter(other) is True

@@ -13,9 +13,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from parley import json_input
 from parley.config import ParleySettings
+from parley.logs import BoundedLog
 from parley.metrics import ERRORS
 from services.gateway.protocols.endpoint import (
     boards_need_allowlist,
@@ -111,6 +113,28 @@ class OtaHandler:
         return f"ws://{host}:{self.ws_port}/xiaozhi/v1/"
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad chunk size, a header
+    that is not latin-1...) as an ERROR with its traceback, one per request
+    (found by tests/fuzz/test_ota.py): a one-line warning at a bounded rate
+    instead. The client got its 400 already."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bounded = BoundedLog(log)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            self.bounded.warning("malformed HTTP request: %s", str(exc).splitlines()[0])
+            return False
+        return True
+
+
+_HTTP_LOG = logging.getLogger("parley.gateway.http")
+_HTTP_LOG.addFilter(_MalformedRequests())
+
+
 async def start_http_server(
     settings: ParleySettings, ws_port: int, tls: ssl.SSLContext | None = None
 ) -> tuple[web.AppRunner, int]:
@@ -120,7 +144,7 @@ async def start_http_server(
     for path in OTA_PATHS:
         app.router.add_route("POST", path, handler.__call__)
         app.router.add_route("GET", path, handler.__call__)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, logger=_HTTP_LOG)
     await runner.setup()
     g = settings.gateway
     site = web.TCPSite(runner, g.host, g.http_port, ssl_context=tls)
