@@ -130,9 +130,10 @@ class Gateway:
             return refusal
         # Full as last heard: refused before the upgrade. A view a heartbeat
         # old that misses it is caught at placement (each protocol's server_busy).
-        # An EchoKit board reconnecting (reconnect=true) takes back its own
-        # session, which holds its capacity already.
-        busy = None if "reconnect=true" in url.query else self.sessions.busy_reason()
+        # A client taking back its own session (an EchoKit board's
+        # reconnect=true, a Parley WS resume_token) holds its capacity already.
+        resuming = "reconnect=true" in url.query or "resume_token=" in url.query
+        busy = None if resuming else self.sessions.busy_reason()
         if busy is not None:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"server_busy: {busy}\n")
         return None

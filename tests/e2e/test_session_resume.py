@@ -59,7 +59,10 @@ async def test_a_dropped_connection_resumes_with_its_history(resume_stack) -> No
         resumed = await second.wait_for("session_started", after=mark, timeout=10)
         assert resumed["session_id"] == started["session_id"] and resumed["resumed"] is True
         ended = await _ask_aloud(second, "What did I just ask?")
-        assert ended["text"] == "You have asked 2 questions."
+        assert ended["text"] == "You have asked 2 questions.", "\n".join(
+            str({k: v for k, v in e.items() if k not in ("settings", "resume_token")})
+            for e in second.events
+        )
         await second.wait_for("tts_end", response_id=ended["response_id"], timeout=30)
         assert len(second.audio) > 16000  # the answer is spoken on the new connection
     finally:
@@ -97,3 +100,38 @@ async def test_a_wrong_token_or_an_expired_session_is_refused(resume_stack) -> N
         assert ended["text"] == "You have asked 1 questions."
     finally:
         await other.close()
+
+
+async def test_resume_at_connect_through_the_url(resume_stack) -> None:
+    """`?session_id=&resume_token=` takes the session back without opening a
+    fresh one (so a full gateway still lets its own sessions return)."""
+    stack, _ = resume_stack
+    first = await ParleyClient.open(stack.gateway_url)
+    started = first.session
+    mark = len(first.events)
+    await first.send_json({"type": "text_input", "text": "Hello?"})
+    await first.wait_for("response_end", after=mark, timeout=30)
+    first.ws.transport.abort()
+    url = (
+        f"{stack.gateway_url}?session_id={started['session_id']}"
+        f"&resume_token={started['resume_token']}"
+    )
+    again = await ParleyClient.open(url)
+    try:
+        assert again.session["session_id"] == started["session_id"]
+        assert again.session["resumed"] is True
+        mark = len(again.events)
+        await again.send_json({"type": "text_input", "text": "And now?"})
+        ended = await again.wait_for("response_end", after=mark, timeout=30)
+        assert ended["text"] == "You have asked 2 questions."
+    finally:
+        await again.close()
+    # A token that does not fit is said so, and the connection gets a fresh session.
+    fresh = await ParleyClient.open(f"{stack.gateway_url}?session_id=nope&resume_token=x")
+    try:
+        assert fresh.session["session_id"] != started["session_id"]
+        assert "resumed" not in fresh.session
+        error = await fresh.wait_for("error", timeout=10)
+        assert error["code"] == "unknown_session"
+    finally:
+        await fresh.close()

@@ -130,7 +130,7 @@ class SessionRegistry:
             await self.close(session, "client disconnected")
             return
         session.attach(DetachedSink())
-        await session.interrupt()
+        await session.drop_unheard_answer("client disconnected")
         loop = asyncio.get_running_loop()
         previous = self._grace.pop(session.session_id, None)
         if previous is not None:
@@ -174,7 +174,7 @@ class SessionRegistry:
         if not self.detached(session):
             # The old connection may not have noticed it is gone yet: cut what
             # it was hearing, as a drop would have, and close it.
-            await session.interrupt()
+            await session.drop_unheard_answer("client reconnected")
             previous = session.sink
             self.take_over(session, sink)
             # Not awaited: a dead peer would hold the resume for its close timeout.

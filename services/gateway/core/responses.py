@@ -22,6 +22,7 @@ class Response:
     tts_started: bool = False
     text_done: bool = False
     end_session: bool = False
+    heard_to_end: bool = False  # its last audio has been played out
     resampler: soxr.ResampleStream | None = None
     in_rate: int = 0
 

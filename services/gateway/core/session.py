@@ -400,6 +400,15 @@ class GatewaySession:
         INTERRUPTS.labels("gateway").inc()
         await self._end_answer(resp, reason, ev.Status.CANCELLED)
 
+    async def drop_unheard_answer(self, reason: str) -> None:
+        """The listener is gone: the answer not yet heard to its end is cut,
+        even one whose text is done and whose audio has not begun (which
+        agent_active does not count), so none of it plays to the connection
+        that takes the session next, and the history keeps what was heard."""
+        resp = self.responses.live_current()
+        if resp is not None and not resp.heard_to_end:
+            await self._end_answer(resp, reason, ev.Status.CANCELLED)
+
     async def _end_answer(self, resp: Response, reason: str, status: ev.Status) -> None:
         """End an answer here (cut, or lost with its llm): its queued audio
         dropped, the client and every stage told, what was heard kept."""
@@ -442,8 +451,10 @@ class GatewaySession:
 
     async def _on_playback_end(self, response_id: str) -> None:
         resp = self.responses.get(response_id)
-        if resp is not None and resp.turn_id:
-            self.trace.end(resp.turn_id)
+        if resp is not None:
+            resp.heard_to_end = True
+            if resp.turn_id:
+                self.trace.end(resp.turn_id)
         if self.responses.stale(response_id):
             return
         await self.sink.on_playback_finished(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -17,6 +18,7 @@ from parley.metrics import ERRORS
 from services.gateway.core import events as ev
 from services.gateway.core.audio_check import check_pcm16
 from services.gateway.core.errors import ClientError, ServerBusy
+from services.gateway.core.placement import PlacementError
 from services.gateway.core.session import GatewaySession
 from services.gateway.core.settings import settings_from_json
 from services.gateway.core.sink import ClientSink
@@ -69,17 +71,24 @@ class ParleyEndpoint:
 
     async def serve(self, gateway: GatewayHost, ws: ServerConnection) -> None:
         sink = WebSocketSink(ws)
-        try:
-            session, failures = await gateway.sessions.open(sink, "parley")
-        except ServerBusy as exc:
-            # Refused rather than served slowly; 1013 is WebSocket's "try again later".
-            await sink.send_event(ev.Error("gateway", exc.code, str(exc), False))
-            await ws.close(BUSY_CLOSE_CODE, "server busy")
-            return
+        resumed, refusal = await self._resume_from_url(gateway, ws, sink)
+        failures: list[PlacementError] = []
+        if resumed is not None:
+            session = resumed
+        else:
+            try:
+                session, failures = await gateway.sessions.open(sink, "parley")
+            except ServerBusy as exc:
+                # Refused rather than served slowly; 1013 is WebSocket's "try again later".
+                await sink.send_event(ev.Error("gateway", exc.code, str(exc), False))
+                await ws.close(BUSY_CLOSE_CODE, "server busy")
+                return
         protocol = ParleyProtocol(gateway, ws, sink, session)
         ended = False
         try:
-            await sink.send_event(ev.SessionStarted(session.info()))
+            await sink.send_event(ev.SessionStarted(session.info(), resumed=resumed is not None))
+            if refusal is not None:
+                await sink.send_event(refusal)
             await session.report_placement(failures)
             ended = await protocol.run()
         finally:
@@ -92,6 +101,25 @@ class ParleyEndpoint:
                 await gateway.sessions.detach(
                     session, gateway.settings.gateway.resume_grace_s, gateway.draining
                 )
+
+    @staticmethod
+    async def _resume_from_url(
+        gateway: GatewayHost, ws: ServerConnection, sink: WebSocketSink
+    ) -> tuple[GatewaySession | None, ev.Error | None]:
+        """`?session_id=...&resume_token=...` takes the session back at connect,
+        opening no fresh one: a full gateway still lets its own sessions return
+        (session_resume as a message would first need a session of its own). A
+        session that cannot be resumed gets a fresh one, and the refusal is
+        told right after its session_started."""
+        assert ws.request is not None
+        query = parse_qs(urlsplit(ws.request.path).query)
+        wanted, token = query.get("session_id"), query.get("resume_token")
+        if not wanted or not token:
+            return None, None
+        try:
+            return await gateway.sessions.resume(wanted[0], token[0], sink), None
+        except ClientError as exc:
+            return None, ev.Error("gateway", exc.code, str(exc), True)
 
 
 def _int_field(msg: dict[str, Any], key: str) -> int | None:
