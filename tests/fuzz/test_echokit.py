@@ -4,27 +4,21 @@ frames (PCM16 of odd sizes, random bytes, magic headers)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 
 import pytest
-from hypothesis import given
 
 from services.gateway.protocols.echokit import wire
-from tests.fuzz import health
 from tests.fuzz.strategies import (
-    CASES,
-    FUZZ,
     Gen,
-    cases,
     frames,
     json_value,
     message,
     text,
     text_frame,
 )
-from tests.fuzz.wsdoor import WsDoor, ws_connect
+from tests.fuzz.wsdoor import fuzz_one_door
 
 pytestmark = pytest.mark.slow
 
@@ -50,19 +44,10 @@ def case_frames(rng: random.Random) -> list[str | bytes]:
 
 
 async def test_echokit_survives_generated_commands_and_frames(fuzz_stack, question) -> None:
-    before = await health.snapshot(fuzz_stack)
-    url = f"ws://127.0.0.1:{fuzz_stack.gateway_port}/ws/fuzz-board"
-    door = WsDoor(lambda: ws_connect(url))
-
-    @FUZZ
-    @given(cases(case_frames))
-    def case(sent: list[str | bytes]) -> None:
-        door.send(sent)
-
-    try:
-        await asyncio.to_thread(case)
-    finally:
-        door.close()
-    print(door.report("echokit"))
-    assert door.cases >= CASES
-    await health.still_serving(fuzz_stack, question, before)
+    await fuzz_one_door(
+        fuzz_stack,
+        question,
+        f"ws://127.0.0.1:{fuzz_stack.gateway_port}/ws/fuzz-board",
+        case_frames,
+        "echokit",
+    )

@@ -5,18 +5,12 @@ other formats' magic headers, silence of every size)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
-from hypothesis import given
 
-from tests.fuzz import health
 from tests.fuzz.strategies import (
-    CASES,
-    FUZZ,
     Gen,
-    cases,
     frames,
     integer,
     json_value,
@@ -25,7 +19,7 @@ from tests.fuzz.strategies import (
     text,
     text_frame,
 )
-from tests.fuzz.wsdoor import WsDoor, ws_connect
+from tests.fuzz.wsdoor import fuzz_one_door
 
 pytestmark = pytest.mark.slow
 
@@ -68,18 +62,4 @@ def case_frames(rng: random.Random) -> list[str | bytes]:
 
 
 async def test_parley_ws_survives_generated_frames(fuzz_stack, question) -> None:
-    before = await health.snapshot(fuzz_stack)
-    door = WsDoor(lambda: ws_connect(fuzz_stack.gateway_url))
-
-    @FUZZ
-    @given(cases(case_frames))
-    def case(sent: list[str | bytes]) -> None:
-        door.send(sent)
-
-    try:
-        await asyncio.to_thread(case)
-    finally:
-        door.close()
-    print(door.report("parley ws"))
-    assert door.cases >= CASES
-    await health.still_serving(fuzz_stack, question, before)
+    await fuzz_one_door(fuzz_stack, question, fuzz_stack.gateway_url, case_frames, "parley ws")

@@ -5,20 +5,14 @@ random base64 (valid, odd-sized, not base64 at all), conversation items."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import random
 from typing import Any
 
 import pytest
-from hypothesis import given
 
-from tests.fuzz import health
 from tests.fuzz.strategies import (
-    CASES,
-    FUZZ,
     Gen,
-    cases,
     frames,
     integer,
     json_value,
@@ -28,7 +22,7 @@ from tests.fuzz.strategies import (
     text,
     text_frame,
 )
-from tests.fuzz.wsdoor import WsDoor, ws_connect
+from tests.fuzz.wsdoor import fuzz_one_door
 
 pytestmark = pytest.mark.slow
 
@@ -179,19 +173,10 @@ def case_frames(rng: random.Random) -> list[str | bytes]:
 
 
 async def test_realtime_survives_generated_client_events(fuzz_stack, question) -> None:
-    before = await health.snapshot(fuzz_stack)
-    url = f"ws://127.0.0.1:{fuzz_stack.gateway_port}/v1/realtime"
-    door = WsDoor(lambda: ws_connect(url))
-
-    @FUZZ
-    @given(cases(case_frames))
-    def case(sent: list[str | bytes]) -> None:
-        door.send(sent)
-
-    try:
-        await asyncio.to_thread(case)
-    finally:
-        door.close()
-    print(door.report("realtime"))
-    assert door.cases >= CASES
-    await health.still_serving(fuzz_stack, question, before)
+    await fuzz_one_door(
+        fuzz_stack,
+        question,
+        f"ws://127.0.0.1:{fuzz_stack.gateway_port}/v1/realtime",
+        case_frames,
+        "realtime",
+    )

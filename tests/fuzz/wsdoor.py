@@ -6,13 +6,20 @@ case; any other close is the server refusing bad input, as it may."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hypothesis import given
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
+
+from tests.e2e.harness import Stack
+from tests.fuzz import health
+from tests.fuzz.strategies import CASES, FUZZ, cases
 
 INTERNAL_ERROR = 1011
 PONG_TIMEOUT_S = 10.0
@@ -97,3 +104,30 @@ class WsDoor:
 
     def report(self, door: str) -> str:
         return f"{door}: {self.cases} cases, {self.reconnects} connections, closes {self.closes}"
+
+
+async def fuzz_one_door(
+    stack: Stack,
+    question: bytes,
+    url: str,
+    case_frames: Callable[[random.Random], list[str | bytes]],
+    name: str,
+) -> None:
+    """CASES generated frame lists sent over one connection (reopened when
+    the server closes it), then the stack must still serve a spoken turn
+    with its tasks, memory and logs within bounds."""
+    before = await health.snapshot(stack)
+    door = WsDoor(lambda: ws_connect(url))
+
+    @FUZZ
+    @given(cases(case_frames))
+    def case(sent: list[str | bytes]) -> None:
+        door.send(sent)
+
+    try:
+        await asyncio.to_thread(case)
+    finally:
+        door.close()
+    print(door.report(name))
+    assert door.cases >= CASES
+    await health.still_serving(stack, question, before)
