@@ -305,6 +305,9 @@ class StateSettings(Section):
     max_value_bytes: int = Field(262_144, ge=1024)
     # A KV read or write that takes longer has failed.
     timeout_s: float = Field(2.0, gt=0)
+    # How long a service waits at start for a JetStream that is not up yet
+    # (a cluster electing its leader); the startupProbe allows longer.
+    start_wait_s: float = Field(60.0, ge=0, le=600)
 
 
 class GatewaySettings(Section):

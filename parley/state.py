@@ -78,7 +78,34 @@ def bucket_config(name: str, settings: StateSettings) -> KeyValueConfig:
     )
 
 
+# A JetStream cluster answers only once its servers have met and elected a
+# meta leader: pods starting together (the Kubernetes container test) reach a
+# NATS whose JetStream is not up yet for some seconds. Waiting for it
+# (state.start_wait_s) is what the stage's startupProbe allows for; a
+# JetStream that never comes is still a clear start error.
+START_RETRY_S = 1.0
+
+
 async def open_bucket(nc: NatsClient, name: str, settings: StateSettings) -> KeyValue:
+    """open_bucket_once, retried while JetStream does not answer yet (up to
+    state.start_wait_s)."""
+    deadline = asyncio.get_running_loop().time() + settings.start_wait_s
+    while True:
+        try:
+            return await open_bucket_once(nc, name, settings)
+        except StateUnavailable as exc:
+            # No responders: this server has no JetStream at all, which
+            # waiting will not change; a timeout or "unavailable" is one
+            # still electing its leader.
+            if not isinstance(exc.__cause__, _NOT_READY):
+                raise
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            log.warning("%s; retrying", exc)
+            await asyncio.sleep(START_RETRY_S)
+
+
+async def open_bucket_once(nc: NatsClient, name: str, settings: StateSettings) -> KeyValue:
     """The bucket, created with its settings if it does not exist yet; one made
     earlier with other settings is used as it is (a warning says which), so
     two versions running side by side during an upgrade do not fight."""
@@ -101,12 +128,16 @@ async def open_bucket(nc: NatsClient, name: str, settings: StateSettings) -> Key
             info.config.max_msg_size,
         )
         return kv
-    except (NoRespondersError, ServiceUnavailableError, NatsTimeoutError, TimeoutError) as exc:
+    except _NOT_ANSWERING as exc:
         where = nc.connected_url.netloc if nc.connected_url else "NATS"
         raise StateUnavailable(
             f"JetStream does not answer on {where} ({type(exc).__name__}): start nats-server"
             " with JetStream (-js -sd DIR; `parley up` does) or set state.enabled = false"
         ) from exc
+
+
+_NOT_READY = (ServiceUnavailableError, NatsTimeoutError, TimeoutError)
+_NOT_ANSWERING = (NoRespondersError, *_NOT_READY)
 
 
 class CasRecord:

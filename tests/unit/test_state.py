@@ -80,7 +80,7 @@ async def test_no_jetstream_is_a_clear_error(tmp_path) -> None:
         nc = await nats.connect(f"nats://127.0.0.1:{port}")
         try:
             with pytest.raises(StateUnavailable, match="state.enabled = false"):
-                await open_bucket(nc, HISTORY, StateSettings(timeout_s=0.5))
+                await open_bucket(nc, HISTORY, StateSettings(timeout_s=0.5, start_wait_s=0))
         finally:
             await nc.close()
     finally:
