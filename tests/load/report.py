@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -281,13 +282,24 @@ def pipeline_plots(rep: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def write_pipeline(rep: dict[str, Any], out: Path) -> None:
+def _write(
+    rep: dict[str, Any],
+    out: Path,
+    files: dict[str, str],
+    markdown: Callable[[dict[str, Any]], str],
+    plots: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """One report's JSON, Markdown and (when a step ran) plots, in out."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / PIPELINE_FILES["json"]).write_text(json.dumps(rep, indent=2) + "\n")
-    (out / PIPELINE_FILES["markdown"]).write_text(pipeline_markdown(rep))
+    (out / files["json"]).write_text(json.dumps(rep, indent=2) + "\n")
+    (out / files["markdown"]).write_text(markdown(rep))
     if rep["steps"]:
-        pipeline_plots(rep, out)
-    print(f"load: reports in {out}/ ({', '.join(PIPELINE_FILES.values())})")
+        plots(rep, out)
+    print(f"load: reports in {out}/ ({', '.join(files.values())})")
+
+
+def write_pipeline(rep: dict[str, Any], out: Path) -> None:
+    _write(rep, out, PIPELINE_FILES, pipeline_markdown, pipeline_plots)
 
 
 # --- density -----------------------------------------------------------------------
@@ -444,9 +456,4 @@ def density_plot(rep: dict[str, Any], out: Path) -> None:
 
 
 def write_density(rep: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DENSITY_FILES["json"]).write_text(json.dumps(rep, indent=2) + "\n")
-    (out / DENSITY_FILES["markdown"]).write_text(density_markdown(rep))
-    if rep["steps"]:
-        density_plot(rep, out)
-    print(f"load: reports in {out}/ ({', '.join(DENSITY_FILES.values())})")
+    _write(rep, out, DENSITY_FILES, density_markdown, density_plot)
